@@ -1,0 +1,141 @@
+"""Writes and checks for API keys, quotas and usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import ApiKey, DailyUsage, Quota
+from accounts.selectors import usage_requests_on
+from sam3site.errors import ApiError, RateLimited
+
+KEY_PREFIX_LENGTH = 8
+LAST_USED_GRANULARITY = dt.timedelta(seconds=60)  # avoid a write on every request
+
+
+class InvalidApiKey(ApiError):
+    status_code, code, message = 401, "invalid_api_key", "The API key is not valid."
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """Who a presented key belongs to. ``api_key`` is None for keys from API_KEYS."""
+
+    user: AbstractBaseUser
+    api_key: ApiKey | None
+    label: str  # safe to log: the public prefix
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_issue(api_key: ApiKey) -> str:
+    """Give an unsaved key its prefix and hash, save it, and return the full key (shown once, never stored)."""
+    while True:
+        prefix = secrets.token_hex(KEY_PREFIX_LENGTH // 2)
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    full_key = f"{prefix}.{secrets.token_urlsafe(32)}"
+    api_key.prefix, api_key.hashed_key = prefix, _digest(full_key)
+    api_key.save()
+    return full_key
+
+
+def api_key_create(*, user: AbstractBaseUser, name: str, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
+    api_key = ApiKey(user=user, name=name, expires_at=expires_at)
+    return api_key, api_key_issue(api_key)
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    api_key.revoked = True
+    api_key.save(update_fields=["revoked"])
+    return api_key
+
+
+def _static_key_user(raw_key: str) -> AbstractBaseUser:
+    """Each key from API_KEYS acts as its own user, so env-key clients never see each other's objects."""
+    username = f"envkey-{_digest(raw_key)[:12]}"
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def api_key_authenticate(raw_key: str) -> KeyIdentity:
+    """Resolve a presented key. Raises :class:`InvalidApiKey` (never echoing the key)."""
+    for static_key in settings.STATIC_API_KEYS:
+        if hmac.compare_digest(raw_key.encode(), static_key.encode()):
+            return KeyIdentity(user=_static_key_user(raw_key), api_key=None, label=f"env:{_digest(raw_key)[:8]}")
+
+    prefix, dot, _secret = raw_key.partition(".")
+    api_key = ApiKey.objects.select_related("user").filter(prefix=prefix).first() if dot else None
+    if api_key is None or not hmac.compare_digest(api_key.hashed_key, _digest(raw_key)):
+        raise InvalidApiKey()
+    if api_key.revoked:
+        raise InvalidApiKey("The API key has been revoked.", code="api_key_revoked")
+    if api_key.is_expired:
+        raise InvalidApiKey("The API key has expired.", code="api_key_expired")
+    if not api_key.user.is_active:
+        raise InvalidApiKey("The key's user is deactivated.", code="user_inactive")
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_GRANULARITY:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return KeyIdentity(user=api_key.user, api_key=api_key, label=api_key.prefix)
+
+
+@dataclass(frozen=True)
+class EffectiveQuota:
+    requests_per_minute: int
+    daily_requests: int | None
+    max_concurrent_sessions: int
+    max_upload_bytes: int
+
+
+def quota_for(user: AbstractBaseUser | None) -> EffectiveQuota:
+    quota = Quota.objects.filter(user=user).first() if user is not None and user.is_authenticated else None
+    upload_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
+    if quota and quota.max_upload_mb:
+        upload_mb = min(upload_mb, quota.max_upload_mb)
+    return EffectiveQuota(
+        requests_per_minute=(quota and quota.requests_per_minute) or settings.RATE_LIMIT_REQUESTS_PER_MINUTE,
+        daily_requests=quota.daily_requests if quota else None,
+        max_concurrent_sessions=(quota and quota.max_concurrent_sessions) or settings.CONFIG.max_concurrent_sessions,
+        max_upload_bytes=upload_mb * 1024 * 1024,
+    )
+
+
+def _seconds_until_utc_midnight(now: dt.datetime) -> int:
+    tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - now).total_seconds()))
+
+
+def usage_record_request(*, user: AbstractBaseUser, api_key: ApiKey | None, daily_limit: int | None) -> None:
+    """Count one request for today, refusing it with 429 once the daily quota is spent."""
+    now = timezone.now()
+    today = now.date()
+    if daily_limit is not None:
+        if usage_requests_on(user=user, day=today) >= daily_limit:
+            raise RateLimited(
+                f"The daily quota of {daily_limit} requests is used up; it resets at 00:00 UTC.",
+                code="daily_quota_exceeded",
+                retry_after=_seconds_until_utc_midnight(now),
+            )
+    rows = DailyUsage.objects.filter(user=user, api_key=api_key, day=today)
+    if rows.update(requests=F("requests") + 1) == 0:
+        try:
+            with transaction.atomic():
+                DailyUsage.objects.create(user=user, api_key=api_key, day=today, requests=1)
+        except IntegrityError:  # another process created today's row first
+            rows.update(requests=F("requests") + 1)

@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class Sam3SiteConfig(AppConfig):
+    name = "sam3site"
+    verbose_name = "SAM3 server"
+
+    def ready(self) -> None:
+        Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise expects it

@@ -1,0 +1,164 @@
+"""The environment contract: every variable the server reads, typed, validated and documented.
+
+Django's settings module is fed from :func:`get_config`; `manage.py config_reference` renders
+`docs/configuration.md` from the field descriptions below, so the reference cannot drift.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_DIR = BASE_DIR / "weights"
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigurationError(SystemExit):
+    """Start-up stops with a message naming each bad variable; no traceback."""
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- server ---
+    server_host: str = Field("0.0.0.0", description="Address the ASGI server listens on.")
+    server_port: int = Field(8000, ge=1, le=65535, description="Port the ASGI server listens on.")
+    server_workers: int = Field(
+        1, ge=1, le=64, description="Web worker processes sharing the port (needs REDIS_URL when above 1)."
+    )
+    log_level: LogLevel = Field("INFO", description="loguru level: TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL.")
+    reload: bool = Field(False, description="Restart the server when code changes (development only; one worker).")
+
+    # --- model ---
+    sam3_checkpoint: Path = Field(
+        DEFAULT_WEIGHTS_DIR / "sam3.pt",
+        description="SAM3 checkpoint: a directory in the Hugging Face layout (config.json, model.safetensors) "
+        "or a file inside such a directory.",
+    )
+    sam3_bpe_path: Path = Field(
+        DEFAULT_WEIGHTS_DIR / "bpe_simple_vocab_16e6.txt.gz",
+        description="CLIP BPE vocabulary for the text tokenizer; when missing, the checkpoint directory's tokenizer is used.",
+    )
+    image_model_device: str = Field(
+        "cuda:0", pattern=r"^(cpu|cuda(:\d+)?)$", description="Device of the image model: cpu, cuda or cuda:N."
+    )
+    image_model_compile: bool = Field(False, description="torch.compile the image model.")
+    image_model_confidence_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Default score threshold for returned instances."
+    )
+    image_model_resolution: int = Field(1008, ge=14, le=4096, description="Model input resolution in pixels.")
+    image_model_enabled: bool = Field(True, description="Serve image segmentation.")
+
+    # --- video ---
+    video_model_enabled: bool = Field(True, description="Serve video sessions.")
+    video_model_required: bool = Field(False, description="Refuse to start a worker when the video model cannot load.")
+    video_gpu_list: list[int] = Field(
+        [0, 1, 2, 3], description="GPU indices used for video, as a JSON list, e.g. [0,1]."
+    )
+    video_model_compile: bool = Field(False, description="torch.compile the video model.")
+    video_model_temporal_disambiguation: bool = Field(
+        True, description="SAM3's temporal disambiguation heuristics during video tracking."
+    )
+
+    # --- sessions ---
+    max_concurrent_sessions: int = Field(10, ge=1, description="Open video sessions allowed at once, server-wide.")
+    session_timeout_seconds: int = Field(3600, ge=1, description="Idle time after which a video session expires.")
+    session_cleanup_interval_seconds: int = Field(
+        300, ge=1, description="How often expired and closed sessions are swept."
+    )
+
+    # --- feature cache ---
+    enable_feature_cache: bool = Field(True, description="Cache image features between prompts on the same image.")
+    feature_cache_ttl_seconds: int = Field(600, ge=1, description="Lifetime of a feature-cache entry.")
+    max_cache_size_mb: int = Field(4096, ge=0, description="Bound of the feature cache per worker, in MiB of tensor memory.")
+
+    # --- security ---
+    require_api_key: bool = Field(False, description="Demand an X-API-Key on every API request.")
+    api_keys: list[str] = Field(
+        ["your-api-key-1", "your-api-key-2"],
+        description="Static keys accepted besides the database's, as a JSON list. Each acts as its own user.",
+    )
+    cors_origins_list: list[str] = Field(["*"], description='Allowed CORS origins, as a JSON list; ["*"] allows any.')
+
+    # --- rate limiting ---
+    rate_limit_enabled: bool = Field(True, description="Per-client rate limiting.")
+    rate_limit_requests_per_minute: int = Field(
+        100, ge=1, description="Default requests per minute per client (users may have their own)."
+    )
+
+    # --- storage ---
+    upload_dir: Path = Field(Path("/tmp/sam3_uploads"), description="Where uploaded images and videos are stored.")
+    output_dir: Path = Field(Path("/tmp/sam3_outputs"), description="Where results (e.g. per-frame video masks) are written.")
+    max_upload_size_mb: int = Field(100, ge=1, description="Largest accepted upload, in MiB; enforced while the body streams.")
+
+    # --- monitoring ---
+    enable_metrics: bool = Field(True, description="Export Prometheus metrics on METRICS_PORT.")
+    metrics_port: int = Field(9090, ge=1, le=65535, description="Port of the Prometheus metrics endpoint.")
+
+    # --- deployment (beyond the seed's contract) ---
+    database_url: str | None = Field(
+        None, description="Database, e.g. postgres://user:pass@host:5432/sam3. Unset: embedded SQLite under DATA_DIR."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for Celery, the channel layer, rate counters and caching. "
+        "Unset: one process, in-memory layers, inference in-process.",
+    )
+    django_secret_key: str | None = Field(
+        None, min_length=32, description="Django secret key. Unset: generated once and kept in DATA_DIR."
+    )
+    allowed_hosts: list[str] = Field(["*"], description='Host names served, as a JSON list, e.g. ["sam3.example.com"].')
+    debug: bool = Field(False, description="Django debug mode (never in production).")
+    secure_ssl_redirect: bool = Field(
+        False, description="Redirect plain HTTP to HTTPS (behind a TLS proxy sending X-Forwarded-Proto)."
+    )
+    data_dir: Path = Field(BASE_DIR / "var", description="Local state of the embedded default: SQLite file, secret key.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_blank(cls, keys: list[str]) -> list[str]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("API keys must not be empty strings")
+        return keys
+
+    @field_validator("database_url", "redis_url", "django_secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def embedded(self) -> bool:
+        """One process, no external services: SQLite, in-memory layers, in-process inference."""
+        return self.redis_url is None
+
+
+SECRET_FIELDS = frozenset({"django_secret_key", "api_keys", "database_url", "redis_url"})
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = ["Invalid configuration:"]
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        shown = "" if field in SECRET_FIELDS else f" (got {problem.get('input')!r})"
+        lines.append(f"  {field.upper()}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+@functools.cache
+def get_config() -> Config:
+    try:
+        return Config()
+    except ValidationError as error:
+        raise ConfigurationError(format_validation_error(error)) from None

@@ -1,0 +1,124 @@
+"""Run the web server: SERVER_WORKERS daphne processes sharing one listening socket.
+
+This process only supervises: it binds SERVER_HOST:SERVER_PORT once, hands the socket to each
+daphne child (``--fd``), restarts children that die, and serves the children's aggregated
+Prometheus metrics on METRICS_PORT. Nothing else (manage.py commands, Celery) binds that port.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import autoreload
+from loguru import logger
+
+RESTART_BACKOFF_SECONDS = 1.0
+
+
+class Command(BaseCommand):
+    help = "Serve HTTP and websockets (daphne) on SERVER_HOST:SERVER_PORT with SERVER_WORKERS processes."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--no-migrate", action="store_true", help="Do not apply migrations first (the embedded default does)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        config = settings.CONFIG
+        if config.server_workers > 1 and settings.EMBEDDED:
+            raise CommandError(
+                "SERVER_WORKERS > 1 needs REDIS_URL: the embedded default keeps channel layer, cache and "
+                "inference inside one process."
+            )
+        if settings.EMBEDDED and not options["no_migrate"]:
+            call_command("migrate", interactive=False, verbosity=0)
+        self.check(display_num_errors=False)
+        if config.reload:
+            if config.server_workers > 1:
+                raise CommandError("RELOAD=True runs a single worker; set SERVER_WORKERS=1.")
+            autoreload.run_with_reloader(self._supervise)
+        else:
+            self._supervise()
+
+    def _supervise(self) -> None:
+        config = settings.CONFIG
+        listener = socket.socket(socket.AF_INET6 if ":" in config.server_host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((config.server_host, config.server_port))
+        listener.listen(1024)
+        listener.set_inheritable(True)
+
+        metrics_dir = tempfile.mkdtemp(prefix="sam3-metrics-")
+        child_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        if settings.ENABLE_METRICS:
+            _serve_metrics(metrics_dir, config.metrics_port)
+
+        def spawn() -> subprocess.Popen:
+            return subprocess.Popen(
+                [
+                    sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), "--proxy-headers",
+                    "--access-log", os.devnull, "--application-close-timeout", "30",
+                    "sam3site.asgi:application",
+                ],
+                pass_fds=(listener.fileno(),),
+                env=child_env,
+            )
+
+        children = [spawn() for _ in range(config.server_workers)]
+        atexit.register(_stop, children)
+        stopping = False
+
+        def on_signal(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        if not config.reload:  # the reloader owns the signals of its own process
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        logger.info(
+            "Serving on http://{}:{} with {} worker(s); metrics {}",
+            config.server_host, config.server_port, config.server_workers,
+            f"on :{config.metrics_port}" if settings.ENABLE_METRICS else "off",
+        )
+        while not stopping:
+            time.sleep(0.5)
+            for index, child in enumerate(children):
+                if child.poll() is not None and not stopping:
+                    logger.warning("Web worker {} exited with {}; restarting it", child.pid, child.returncode)
+                    time.sleep(RESTART_BACKOFF_SECONDS)
+                    children[index] = spawn()
+        _stop(children)
+
+
+def _serve_metrics(metrics_dir: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)
+    start_http_server(port, registry=registry)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 20
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -1,0 +1,31 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+from sam3site.errors import json_error_view
+from sam3site.health import healthz, readyz
+
+api_v1 = [
+    path("", include("accounts.urls")),
+    path("", include("uploads.urls")),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny], throttle_classes=[]), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[AllowAny], throttle_classes=[]),
+        name="swagger-ui",
+    ),
+    path("api-auth/", include("rest_framework.urls")),  # log in to the browsable API with an admin account
+]
+
+handler400 = json_error_view(400, "bad_request", "The request is invalid.")
+handler403 = json_error_view(403, "forbidden", "You may not do this.")
+handler404 = json_error_view(404, "not_found", "Not found.")
+handler500 = json_error_view(500, "internal_error", "Internal server error; quote the request id when reporting it.")

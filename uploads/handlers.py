@@ -1,0 +1,43 @@
+"""Upload handler that streams to disk, hashing and bounding the size chunk by chunk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+from sam3site.errors import PayloadTooLarge
+
+
+def limit_message(limit_bytes: int) -> str:
+    return f"The file exceeds the upload limit of {limit_bytes / (1024 * 1024):g} MiB."
+
+
+class BoundedUploadHandler(TemporaryFileUploadHandler):
+    """Writes each file to a temporary file under UPLOAD_DIR/.incoming.
+
+    The bound is ``request.upload_limit_bytes`` (the caller's quota, set by the view) or
+    MAX_UPLOAD_SIZE_MB; crossing it aborts the parse at once and deletes what was written.
+    """
+
+    def new_file(self, *args: object, **kwargs: object) -> None:
+        Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+        super().new_file(*args, **kwargs)
+        self.received = 0
+        self.digest = hashlib.sha256()
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.received += len(raw_data)
+        limit = getattr(self.request, "upload_limit_bytes", settings.MAX_UPLOAD_BYTES)
+        if self.received > limit:
+            self.file.close()  # a NamedTemporaryFile: closing removes it from disk
+            raise PayloadTooLarge(limit_message(limit), detail={"limit_bytes": limit})
+        self.digest.update(raw_data)
+        return super().receive_data_chunk(raw_data, start)
+
+    def file_complete(self, file_size: int):  # noqa: ANN201 - Django's signature
+        uploaded = super().file_complete(file_size)
+        uploaded.sha256 = self.digest.hexdigest()
+        return uploaded

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.move import file_move_safe
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from uploads.models import Upload
+from uploads.probing import probe_media
+
+
+def upload_create(*, owner: AbstractBaseUser, uploaded_file: UploadedFile) -> Upload:
+    """Probe a streamed upload and keep it under a server-generated name; on any failure nothing stays on disk."""
+    temporary_path = Path(uploaded_file.temporary_file_path())
+    try:
+        info = probe_media(temporary_path, settings.MAX_IMAGE_PIXELS)
+        upload_id = uuid.uuid4()
+        stored_name = f"{owner.pk}/{upload_id.hex}.{info.extension}"
+        final_path = Path(settings.UPLOAD_DIR) / stored_name
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        file_move_safe(str(temporary_path), str(final_path))
+        try:
+            return Upload.objects.create(
+                id=upload_id,
+                owner=owner,
+                kind=info.kind,
+                original_name=(uploaded_file.name or "")[:255],
+                stored_name=stored_name,
+                media_type=info.media_type,
+                sha256=uploaded_file.sha256,  # type: ignore[attr-defined]  # set by BoundedUploadHandler
+                size_bytes=uploaded_file.size,
+                width=info.width,
+                height=info.height,
+                frame_count=info.frame_count,
+                fps=info.fps,
+                duration_seconds=info.duration_seconds,
+            )
+        except BaseException:
+            final_path.unlink(missing_ok=True)
+            raise
+    finally:
+        uploaded_file.close()  # removes the temporary file when it was not moved
+
+
+def upload_delete(*, upload: Upload) -> None:
+    path = upload.path
+    upload.delete()
+    transaction.on_commit(lambda: path.unlink(missing_ok=True))

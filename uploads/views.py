@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.services import quota_for
+from uploads import services
+from uploads.models import Upload
+from uploads.serializers import UploadCreateSerializer, UploadSerializer
+
+
+class UploadViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """Your uploaded images and videos. Other clients' uploads do not exist for you (404)."""
+
+    serializer_class = UploadSerializer
+    parser_classes = [MultiPartParser]
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self) -> QuerySet[Upload]:
+        return Upload.objects.filter(owner=self.request.user)
+
+    def initial(self, request: Request, *args: object, **kwargs: object) -> None:
+        super().initial(request, *args, **kwargs)
+        # The caller is known now, before the body is parsed: bound the stream by their own limit.
+        request._request.upload_limit_bytes = quota_for(request.user).max_upload_bytes
+
+    @extend_schema(request=UploadCreateSerializer, responses={201: UploadSerializer}, summary="Upload a file")
+    def create(self, request: Request) -> Response:
+        serializer = UploadCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = services.upload_create(owner=request.user, uploaded_file=serializer.validated_data["file"])
+        return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Upload) -> None:
+        services.upload_delete(upload=instance)
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, summary="Download the file")
+    @action(detail=True, methods=["get"])
+    def content(self, request: Request, pk: str | None = None) -> FileResponse:
+        upload = self.get_object()
+        return FileResponse(upload.path.open("rb"), content_type=upload.media_type, as_attachment=False)
