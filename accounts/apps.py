@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class AccountsConfig(AppConfig):
     name = "accounts"
     verbose_name = "API users, keys and quotas"
+
+    def ready(self) -> None:
+        from accounts import schema  # noqa: F401, PLC0415 - registers the OpenAPI auth extension

@@ -76,5 +76,5 @@ class UserSerializer(serializers.ModelSerializer):
         quota = validated_data.pop("quota", None)
         user = super().update(instance, validated_data)
         if quota is not None:
-            Quota.objects.update_or_create(user=user, defaults=quota)
+            user.quota, _ = Quota.objects.update_or_create(user=user, defaults=quota)
         return user

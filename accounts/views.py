@@ -40,6 +40,7 @@ class ApiKeyViewSet(
     """Your API keys (staff: everyone's). Creating returns the full key once; deleting revokes."""
 
     serializer_class = ApiKeySerializer
+    queryset = ApiKey.objects.none()  # typed path parameter for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[ApiKey]:
         return selectors.api_keys_visible_to(user=self.request.user)

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP (bounded upload stream) and websockets (origin-checked, key-authenticated)."""
+"""ASGI entry point: HTTP, and websockets (origin-checked, key-authenticated)."""
 
 import os
 
@@ -10,13 +10,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from sam3site.middleware import UploadSizeLimitMiddleware  # noqa: E402
 from sam3site.routing import websocket_urlpatterns  # noqa: E402
 from sam3site.websocket_auth import ApiKeyWebsocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": UploadSizeLimitMiddleware(django_asgi_app),
+        "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(ApiKeyWebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -7,11 +7,12 @@ Django's settings module is fed from :func:`get_config`; `manage.py config_refer
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = BASE_DIR / "weights"
@@ -162,3 +163,9 @@ def get_config() -> Config:
         return Config()
     except ValidationError as error:
         raise ConfigurationError(format_validation_error(error)) from None
+    except SettingsError as error:  # a list or other complex value that is not valid JSON
+        match = re.search(r'field "(\w+)"', str(error))
+        variable = match.group(1).upper() if match else "a variable"
+        raise ConfigurationError(
+            f"Invalid configuration:\n  {variable}: error parsing value; lists are JSON, e.g. [0, 1] or [\"a\", \"b\"]"
+        ) from None

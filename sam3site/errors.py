@@ -91,7 +91,9 @@ def _request_id(context: dict[str, Any]) -> str | None:
 
 
 def _respond(error: ApiError, request_id: str | None) -> Response:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = "X-API-Key"
     body = error_body(error.code, error.message, error.detail, request_id)
     return Response(body, status=error.status_code, headers=headers)
 

@@ -7,7 +7,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.move import file_move_safe
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
 
 from uploads.models import Upload
 from uploads.probing import probe_media
@@ -49,4 +48,4 @@ def upload_create(*, owner: AbstractBaseUser, uploaded_file: UploadedFile) -> Up
 def upload_delete(*, upload: Upload) -> None:
     path = upload.path
     upload.delete()
-    transaction.on_commit(lambda: path.unlink(missing_ok=True))
+    path.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ class UploadViewSet(
     serializer_class = UploadSerializer
     parser_classes = [MultiPartParser]
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    queryset = Upload.objects.none()  # typed path parameter for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[Upload]:
         return Upload.objects.filter(owner=self.request.user)

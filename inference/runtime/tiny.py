@@ -24,6 +24,7 @@ from .tokenizer import (
 
 TINY_MARKER_FILE = "TINY_RANDOM_MODEL"
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+WEIGHTS_FILE = "model.safetensors"
 
 TINY_IMAGE_SIZE = 224
 TINY_PATCH_SIZE = 14
@@ -139,26 +140,6 @@ def build_tiny_model(seed: int = 0, vocab_size: int | None = None):
     return model.eval()
 
 
-def build_processors(tokenizer, image_size: int):
-    """SAM3 processors for ``image_size`` with the published preprocessing constants.
-
-    SAM3 normalises with mean = std = 0.5 (Sam3ImageProcessor's defaults), resizing to a square
-    without keeping the aspect ratio; the video processor is given the same constants because
-    its class defaults are SAM2's ImageNet ones.
-    """
-    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3TrackerProcessor, Sam3VideoProcessor
-    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
-
-    size = {"height": image_size, "width": image_size}
-    image_processor = Sam3ImageProcessor(size=size)
-    video_processor = Sam2VideoVideoProcessor(size=size, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return (
-        Sam3Processor(image_processor=image_processor, tokenizer=tokenizer),
-        Sam3TrackerProcessor(image_processor=image_processor),
-        Sam3VideoProcessor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer),
-    )
-
-
 def write_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     """Write the tiny random SAM3 in the published Hugging Face layout; returns ``directory``.
 
@@ -167,6 +148,8 @@ def write_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     ``bpe_simple_vocab_16e6.txt.gz`` the tokenizer came from, and the ``TINY_RANDOM_MODEL`` marker
     the loader uses to flag the model as not a real one.
     """
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     bpe_path = write_small_bpe_file(directory / BPE_FILENAME)
@@ -174,7 +157,15 @@ def write_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     vocab_size = bpe_vocab_size(bpe_path)
 
     model = build_tiny_model(seed, vocab_size)
-    model.save_pretrained(directory)
+    model.config.save_pretrained(directory)
+    # Not model.save_pretrained: transformers 5.x reverse-applies the sam3_tracker key renaming
+    # on save and writes "tracker_model.tracker_model.*"; the published checkpoint (and what
+    # Sam3TrackerModel.from_pretrained expects) has plain state_dict names.
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    from .loader import build_processors
+
     _, _, video_processor = build_processors(tokenizer, TINY_IMAGE_SIZE)
     video_processor.save_pretrained(directory)
 

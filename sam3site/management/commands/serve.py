@@ -69,7 +69,7 @@ class Command(BaseCommand):
         def spawn() -> subprocess.Popen:
             return subprocess.Popen(
                 [
-                    sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), "--proxy-headers",
+                    sys.executable, "-m", "sam3site.daphne_server", "--fd", str(listener.fileno()), "--proxy-headers",
                     "--access-log", os.devnull, "--application-close-timeout", "30",
                     "sam3site.asgi:application",
                 ],

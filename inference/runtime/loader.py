@@ -1,0 +1,312 @@
+"""Load one SAM3 (``Sam3VideoModel``) from a local Hugging Face-layout checkpoint.
+
+One ``Sam3VideoModel`` serves everything: its ``detector_model`` (a ``Sam3Model``) answers text /
+exemplar-box prompts, its ``tracker_model`` (SAM2-style, no vision encoder of its own) answers
+point / box clicks and video tracking, both reading the single ViT backbone. Loading
+``Sam3Model`` and ``Sam3TrackerModel`` side by side would hold and run that backbone twice.
+
+Nothing here touches the network: every ``from_pretrained`` is ``local_files_only`` and the hub is
+forced offline. Every failure a user can cause (wrong path, missing/corrupt weights, wrong config,
+wrong BPE file, unavailable device) surfaces as ``ModelLoadError`` with a readable reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .tiny import BPE_FILENAME, TINY_MARKER_FILE
+
+# transformers reads this when it is imported; set it before the first import anywhere here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+EXPECTED_MODEL_TYPE = "sam3_video"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint cannot be loaded; ``reason`` says why in one human-readable sentence."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class LoadedSam3:
+    model: Any  # transformers.Sam3VideoModel, eval mode, on `device`
+    processor: Any  # Sam3Processor: image preprocessing + text/box prompts + instance post-processing
+    tracker_processor: Any  # Sam3TrackerProcessor: point/box prompts + mask post-processing
+    video_processor: Any  # Sam3VideoProcessor: video sessions
+    tokenizer: Any  # CLIPTokenizer (fast)
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype of the weights
+    resolution: int  # square model input size in pixels (1008 for the published model)
+    checkpoint_dir: Path
+    is_tiny_random: bool
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def detector(self):
+        return self.model.detector_model
+
+    @property
+    def tracker(self):
+        return self.model.tracker_model
+
+
+def build_processors(tokenizer, image_size: int):
+    """(Sam3Processor, Sam3TrackerProcessor, Sam3VideoProcessor) for ``image_size``.
+
+    Built from SAM3's published preprocessing constants rather than read from the checkpoint's
+    processor files, so a checkpoint saved by any transformers version (or with no processor
+    files at all) preprocesses the same: square resize without keeping the aspect ratio,
+    bilinear, rescale 1/255, mean = std = 0.5. The video processor class defaults to SAM2's
+    ImageNet statistics, hence the explicit mean/std.
+    """
+    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3TrackerProcessor, Sam3VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    size = {"height": image_size, "width": image_size}
+    image_processor = Sam3ImageProcessor(size=size)
+    video_processor = Sam2VideoVideoProcessor(size=size, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return (
+        Sam3Processor(image_processor=image_processor, tokenizer=tokenizer),
+        Sam3TrackerProcessor(image_processor=image_processor),
+        Sam3VideoProcessor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer),
+    )
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report / progress bars; failures are reported by us instead."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def resolve_checkpoint_dir(checkpoint: Path | str) -> Path:
+    """The Hugging Face-layout directory for ``checkpoint`` (a directory or a file inside one)."""
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    directory = path if path.is_dir() else path.parent
+    if not (directory / "config.json").is_file():
+        meta_files = sorted(p.name for p in directory.glob("*.pt"))
+        hint = (
+            f" (found Meta-format {', '.join(meta_files)}: the server needs the Hugging Face layout of the"
+            " facebook/sam3 release, config.json + model.safetensors, next to it)"
+            if meta_files
+            else " (expected the Hugging Face layout of the facebook/sam3 release: config.json + model.safetensors)"
+        )
+        raise ModelLoadError(f"no config.json in checkpoint directory {directory}{hint}")
+    return directory
+
+
+def _read_config(directory: Path, resolution: int | None):
+    from transformers import Sam3VideoConfig
+
+    config_path = directory / "config.json"
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} is not valid JSON: {_first_line(exc)}") from exc
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != EXPECTED_MODEL_TYPE:
+        extra = (
+            " (an image-only SAM3 conversion; the server needs the full release with the tracker)"
+            if model_type == "sam3"
+            else ""
+        )
+        raise ModelLoadError(
+            f"{config_path} has model_type {model_type!r}{extra}; expected {EXPECTED_MODEL_TYPE!r} (facebook/sam3)"
+        )
+    try:
+        config = Sam3VideoConfig.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:  # strict config validation raises several exception types
+        raise ModelLoadError(f"{config_path} is not a valid SAM3 configuration: {_first_line(exc)}") from exc
+
+    patch = config.detector_config.vision_config.backbone_config.patch_size
+    if resolution is not None and resolution != config.image_size:
+        if not isinstance(resolution, int) or resolution < 4 * patch or resolution % patch:
+            raise ModelLoadError(
+                f"resolution {resolution!r} is not supported: it must be a multiple of the patch size {patch}"
+                f" and at least {4 * patch} (the published model uses 1008)"
+            )
+        # The setter propagates to the detector, tracker, feature-map sizes and memory RoPE grid.
+        config.image_size = resolution
+        config.low_res_mask_size = 4 * resolution // patch
+    return config
+
+
+def _resolve_device(device: str):
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"invalid device {device!r}: {_first_line(exc)}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+        dev = torch.device("cuda", index)
+    elif dev.type != "cpu":
+        raise ModelLoadError(f"device {device!r} is not supported (use cpu or cuda[:N])")
+    return dev
+
+
+def _resolve_dtype(dev, half: bool | None):
+    """float32 on CPU; on CUDA bfloat16 unless ``half is False`` or the GPU lacks bf16.
+
+    bfloat16 is what Meta runs SAM3 in (autocast) and keeps float32's exponent range, so large
+    attention logits stay finite. float16 is never chosen: its range is what breaks results,
+    so pre-Ampere GPUs stay in float32.
+    """
+    import torch
+
+    if dev.type != "cuda" or half is False:
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+
+
+def _load_tokenizer(bpe_path: Path | None, directory: Path):
+    from .tokenizer import BpeFileError, build_clip_tokenizer
+
+    candidates = [Path(bpe_path).expanduser()] if bpe_path else []
+    candidates.append(directory / BPE_FILENAME)
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return build_clip_tokenizer(candidate), str(candidate)
+            except BpeFileError as exc:
+                raise ModelLoadError(str(exc)) from exc
+    if (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
+        from transformers import CLIPTokenizer
+
+        try:
+            return CLIPTokenizer.from_pretrained(directory, local_files_only=True), str(directory)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the tokenizer files in {directory}: {_first_line(exc)}") from exc
+    looked = ", ".join(str(c) for c in candidates)
+    raise ModelLoadError(
+        f"no CLIP tokenizer: none of {looked} exists and {directory} has no tokenizer.json/vocab.json"
+        " (set SAM3_BPE_PATH to bpe_simple_vocab_16e6.txt.gz)"
+    )
+
+
+def _load_weights(directory: Path, config, dtype):
+    from transformers import Sam3VideoModel
+
+    weights = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()]
+    if not weights:
+        raise ModelLoadError(f"no weights in {directory}: expected model.safetensors (Hugging Face layout)")
+    try:
+        with _quiet_transformers():
+            model, info = Sam3VideoModel.from_pretrained(
+                directory, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
+            )
+    except Exception as exc:  # safetensors / torch / transformers raise many types for bad files
+        raise ModelLoadError(f"cannot load weights from {weights[0]}: {_first_line(exc)}") from exc
+
+    problems = []
+    for kind in ("missing_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind) or [])
+        if keys:
+            problems.append(f"{len(keys)} {kind.replace('_', ' ')} (e.g. {keys[0]})")
+    if info.get("error_msgs"):
+        problems.append(_first_line(Exception(info["error_msgs"][0])))
+    if problems:
+        raise ModelLoadError(f"weights in {weights[0]} do not match config.json: " + "; ".join(problems))
+    return model
+
+
+def load_sam3(
+    checkpoint: Path | str,
+    bpe_path: Path | str | None,
+    device: str,
+    *,
+    compile: bool = False,
+    resolution: int | None = None,
+    half: bool | None = None,
+) -> LoadedSam3:
+    """Load SAM3 for inference on ``device``.
+
+    ``checkpoint`` is a Hugging Face-layout directory or any file inside one (e.g. ``.../sam3.pt``).
+    The tokenizer comes from ``bpe_path`` if that file exists, else from the checkpoint directory
+    (its BPE file or tokenizer files). ``half``: None or True = bfloat16 on CUDA GPUs that
+    support it, float32 elsewhere (half precision is never used on CPU, where it is slow, nor as
+    float16, whose range breaks results); False = float32 everywhere. ``compile`` wraps the vision encoder in ``torch.compile`` (the
+    first call per batch size then compiles). ``resolution`` overrides the 1008 px input size.
+    """
+    import torch
+
+    directory = resolve_checkpoint_dir(checkpoint)
+    config = _read_config(directory, resolution)
+    dev = _resolve_device(device)
+    dtype = _resolve_dtype(dev, half)
+    tokenizer, tokenizer_source = _load_tokenizer(Path(bpe_path) if bpe_path else None, directory)
+
+    text_vocab = config.detector_config.text_config.vocab_size
+    if len(tokenizer) > text_vocab:
+        raise ModelLoadError(
+            f"the tokenizer from {tokenizer_source} has {len(tokenizer)} tokens but the model's text encoder"
+            f" knows {text_vocab}: the BPE file does not belong to this checkpoint"
+        )
+
+    model = _load_weights(directory, config, dtype)
+    try:
+        model = model.to(dev).eval()
+    except RuntimeError as exc:  # e.g. CUDA out of memory
+        raise ModelLoadError(f"cannot move the model to {dev}: {_first_line(exc)}") from exc
+    if compile:
+        # The ViT + FPN neck is >95% of the image FLOPs and sees one fixed input size.
+        model.detector_model.vision_encoder.compile(dynamic=False)
+
+    image_size = int(config.image_size)
+    processor, tracker_processor, video_processor = build_processors(tokenizer, image_size)
+    is_tiny = (directory / TINY_MARKER_FILE).is_file()
+    parameters = sum(p.numel() for p in model.parameters())
+    identity = {
+        "name": "sam3-tiny-random" if is_tiny else directory.name,
+        "path": str(directory),
+        "parameters": parameters,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(dev),
+        "resolution": image_size,
+        "tiny_random": is_tiny,
+        "compiled": bool(compile),
+        "tokenizer": tokenizer_source,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+    return LoadedSam3(
+        model=model,
+        processor=processor,
+        tracker_processor=tracker_processor,
+        video_processor=video_processor,
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=dtype,
+        resolution=image_size,
+        checkpoint_dir=directory,
+        is_tiny_random=is_tiny,
+        identity=identity,
+    )

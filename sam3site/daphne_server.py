@@ -1,0 +1,73 @@
+"""daphne, with the upload bound enforced while the request body arrives.
+
+Daphne (through twisted) receives a whole request body before the ASGI application sees any of
+it, so a bound checked in Django would come after a 10 GB body had been written to a temporary
+file. This entry point gives daphne a request class that refuses a body as soon as its declared
+length, or the bytes received so far, pass MAX_UPLOAD_SIZE_MB (plus room for multipart framing).
+Per-user, smaller limits are checked later, chunk by chunk, by ``uploads.handlers``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from daphne import http_protocol
+from daphne.cli import CommandLineInterface
+
+from sam3site.config import get_config
+from sam3site.errors import error_body
+
+MULTIPART_ALLOWANCE_BYTES = 1024 * 1024
+
+
+class BoundedWebRequest(http_protocol.WebRequest):
+    body_limit = get_config().max_upload_size_mb * 1024 * 1024 + MULTIPART_ALLOWANCE_BYTES
+    _refused = False
+    _body_received = 0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted's name
+        if length is not None and length > self.body_limit:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - twisted's name
+        if self._refused:
+            return
+        self._body_received += len(data)
+        if self._body_received > self.body_limit:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def process(self):  # noqa: ANN201 - daphne's signature
+        if self._refused:
+            return None
+        return super().process()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        limit_mb = get_config().max_upload_size_mb
+        body = json.dumps(
+            error_body(
+                "payload_too_large",
+                f"The request body exceeds the upload limit of {limit_mb} MiB.",
+                {"limit_bytes": limit_mb * 1024 * 1024},
+            )
+        ).encode()
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.channel.loseConnection()
+
+
+def main() -> None:
+    http_protocol.WebRequest = BoundedWebRequest  # HTTPFactory.buildProtocol looks the class up here
+    CommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()

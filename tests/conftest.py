@@ -1,0 +1,170 @@
+"""Fixtures: API clients with real keys, media files, and real server processes.
+
+Tests run against the machine's real Postgres (test database made by pytest-django) and Redis
+(database 15, flushed before each test).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import requests
+from django.conf import settings
+from django.core.cache import cache
+from PIL import Image
+from rest_framework.test import APIClient
+
+from accounts.services import api_key_create
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis_and_dirs() -> None:
+    cache.clear()  # rate counters live here
+    for directory in (settings.UPLOAD_DIR, settings.OUTPUT_DIR):
+        shutil.rmtree(directory, ignore_errors=True)
+        Path(directory).mkdir(parents=True)
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class KeyedClient:
+    user: object
+    key: str
+    client: APIClient
+
+
+@pytest.fixture
+def make_client(db: None) -> Callable[..., KeyedClient]:
+    from django.contrib.auth import get_user_model
+
+    def make(username: str = "alice", *, staff: bool = False, **key_options: object) -> KeyedClient:
+        user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": staff})
+        _api_key, full_key = api_key_create(user=user, name="test", **key_options)
+        client = APIClient()
+        client.credentials(HTTP_X_API_KEY=full_key)
+        return KeyedClient(user, full_key, client)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_client: Callable[..., KeyedClient]) -> KeyedClient:
+    return make_client("alice")
+
+
+@pytest.fixture
+def bob(make_client: Callable[..., KeyedClient]) -> KeyedClient:
+    return make_client("bob")
+
+
+# --- media ---
+
+def png_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mp4_bytes(frames: int = 8, width: int = 64, height: int = 48, fps: int = 10) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            image = np.full((height, width, 3), (index * 30) % 255, dtype=np.uint8)
+            image[: height // 2, : width // 2] = 255 - image[0, 0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def files_under(directory: Path | str) -> list[Path]:
+    return sorted(path for path in Path(directory).rglob("*") if path.is_file())
+
+
+# --- real server processes ---
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    metrics_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    database = connection.settings_dict
+    return f"postgres://{database['USER'] or 'postgres'}@{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}"
+
+
+@pytest.fixture
+def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start `manage.py serve` (the README's server command) as a real process on free ports."""
+    started: list[LiveServer] = []
+
+    def start(wait_ready: bool = True, **env_overrides: str) -> LiveServer:
+        port, metrics_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": _test_database_url(),
+            "SERVER_HOST": "127.0.0.1",
+            "SERVER_PORT": str(port),
+            "METRICS_PORT": str(metrics_port),
+            **env_overrides,
+        }
+        log_path = tmp_path / f"server-{port}.log"
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--no-migrate"],
+            cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", process, log_path)
+        started.append(server)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log()}")
+            try:
+                if requests.get(f"{server.url}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"server did not start:\n{server.log()}")
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, 15)
+            try:
+                server.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.process.pid, 9)
