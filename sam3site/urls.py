@@ -5,8 +5,10 @@ from rest_framework.permissions import AllowAny
 
 from sam3site.errors import json_error_view
 from sam3site.health import healthz, readyz
+from sam3site.views import ApiRootView
 
 api_v1 = [
+    path("", ApiRootView.as_view(), name="api-root"),
     path("", include("accounts.urls")),
     path("", include("uploads.urls")),
 ]

@@ -15,6 +15,7 @@ the masks are bit-identical to the ordinary path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,13 +83,17 @@ class Instances:
     ``scores`` float32 [N] and ``boxes`` float32 [N, 4] (xyxy, original image pixels) are on the
     CPU; ``masks`` bool [N, H, W] at the original resolution stays on the model device so it can
     be encoded (RLE, PNG) there. For interactive results ``scores`` are the predicted IoUs and
-    ``object_score`` is the tracker's "object present" probability.
+    ``object_score`` is the tracker's "object present" probability. Video results add
+    ``object_ids`` (int64 [N], stable across frames) and, for text prompts, ``labels`` (the prompt
+    text that found each object).
     """
 
     scores: torch.Tensor
     boxes: torch.Tensor
     masks: torch.Tensor
     object_score: float | None = None
+    object_ids: torch.Tensor | None = None
+    labels: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -98,7 +103,7 @@ class Instances:
         return int(self.masks.shape[-2]), int(self.masks.shape[-1])
 
     def cpu(self) -> Instances:
-        return Instances(self.scores, self.boxes, self.masks.cpu(), self.object_score)
+        return dataclasses.replace(self, masks=self.masks.cpu())
 
 
 # --------------------------------------------------------------------------- features

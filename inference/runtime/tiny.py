@@ -2,9 +2,10 @@
 
 Same classes and code paths as the published ``facebook/sam3`` (``Sam3VideoModel``: detector +
 tracker sharing one ViT), only with small sizes: ViT hidden 64 x 2 layers at 224 px / patch 14,
-FPN / DETR / mask hidden 32, 20 queries, backbone feature maps 64/32/16. It builds in ~0.1 s and
-runs an image prompt in a few tens of ms on CPU. With random weights scores sit near 0.5 * 0.5
-at best, so callers must lower thresholds to see detections.
+FPN / DETR / mask / tracker hidden 128 (smaller breaks video tracking, see ``_TINY_HIDDEN``),
+CLIP text hidden 32, 20 queries, backbone feature maps 64/32/16, memory RoPE grid 16. About 3 M
+parameters; builds in ~0.1 s, runs an image prompt in a few tens of ms on CPU. With random
+weights scores sit near 0.5 * 0.5 = 0.25, so callers must lower thresholds to see detections.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ WEIGHTS_FILE = "model.safetensors"
 
 TINY_IMAGE_SIZE = 224
 TINY_PATCH_SIZE = 14
-_TINY_HIDDEN = 32  # FPN / DETR / mask decoder / tracker width
+# FPN / DETR / mask decoder / tracker width. The tracker's memory attention hard-codes 64-channel
+# memories (kv_in_dim=64) and splits each object pointer into width/64 tokens; at width 64 the
+# split is skipped and transformers 5.23 then concatenates a 4-D pointer with 3-D memories
+# (crash on the second tracked frame). 128 is the smallest width that tracks.
+_TINY_HIDDEN = 128
 
 
 def _default_small_vocab_size() -> int:
@@ -116,7 +121,7 @@ def tiny_video_config(vocab_size: int | None = None):
         memory_attention_feed_forward_hidden_size=64,
         memory_attention_rope_feat_sizes=[grid, grid],
         memory_encoder_hidden_size=_TINY_HIDDEN,
-        memory_encoder_output_channels=16,
+        memory_encoder_output_channels=64,  # must be 64 (see _TINY_HIDDEN)
         mask_downsampler_embed_dim=_TINY_HIDDEN,
         memory_fuser_embed_dim=_TINY_HIDDEN,
         memory_fuser_intermediate_dim=64,

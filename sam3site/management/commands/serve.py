@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from argparse import ArgumentParser
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -62,6 +65,7 @@ class Command(BaseCommand):
         listener.set_inheritable(True)
 
         metrics_dir = tempfile.mkdtemp(prefix="sam3-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, True)
         child_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         if settings.ENABLE_METRICS:
             _serve_metrics(metrics_dir, config.metrics_port)
@@ -77,30 +81,48 @@ class Command(BaseCommand):
                 env=child_env,
             )
 
-        children = [spawn() for _ in range(config.server_workers)]
-        atexit.register(_stop, children)
-        stopping = False
-
-        def on_signal(signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
+        supervisor = _Children(spawn, config.server_workers)
+        atexit.register(supervisor.stop)  # also on the reloader's exit
 
         if not config.reload:  # the reloader owns the signals of its own process
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
         logger.info(
             "Serving on http://{}:{} with {} worker(s); metrics {}",
             config.server_host, config.server_port, config.server_workers,
             f"on :{config.metrics_port}" if settings.ENABLE_METRICS else "off",
         )
-        while not stopping:
-            time.sleep(0.5)
-            for index, child in enumerate(children):
-                if child.poll() is not None and not stopping:
+        supervisor.watch()
+
+
+class _Children:
+    """The daphne processes: restarted when one dies, stopped together."""
+
+    def __init__(self, spawn: Callable[[], subprocess.Popen], count: int) -> None:
+        self.spawn = spawn
+        self.stopping = threading.Event()
+        self.processes = [spawn() for _ in range(count)]
+
+    def watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            for index, child in enumerate(self.processes):
+                if child.poll() is not None and not self.stopping.is_set():
                     logger.warning("Web worker {} exited with {}; restarting it", child.pid, child.returncode)
                     time.sleep(RESTART_BACKOFF_SECONDS)
-                    children[index] = spawn()
-        _stop(children)
+                    self.processes[index] = self.spawn()
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for child in self.processes:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for child in self.processes:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def _serve_metrics(metrics_dir: str, port: int) -> None:
@@ -110,15 +132,3 @@ def _serve_metrics(metrics_dir: str, port: int) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
     start_http_server(port, registry=registry)
-
-
-def _stop(children: list[subprocess.Popen]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + 20
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()

@@ -1,0 +1,103 @@
+"""The README's server command on the embedded default, CORS, the browsable API, admin and Celery wiring."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from django.test import Client
+
+from tests.conftest import png_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.slow
+def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_path: Path) -> None:  # noqa: ANN001
+    embedded = {"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": ""}
+    env = {**os.environ, **embedded}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    key = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "--user", "quickstart"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()
+    assert (tmp_path / "var" / "db.sqlite3").exists()
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0  # generated, private
+
+    server = start_server(**embedded)
+    ready = requests.get(f"{server.url}/readyz", timeout=10).json()
+    assert ready["checks"]["redis"]["mode"].startswith("embedded")
+    headers = {"X-API-Key": key}
+    assert requests.get(f"{server.url}/api/v1/me/", headers=headers, timeout=10).json()["username"] == "quickstart"
+    made = requests.post(f"{server.url}/api/v1/uploads/", files={"file": ("a.png", png_bytes())}, headers=headers, timeout=30)
+    assert made.status_code == 201, made.text
+    assert requests.get(f"{server.url}/api/docs/", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/admin/login/", timeout=10).status_code == 200
+    static = requests.get(f"{server.url}/static/admin/css/base.css", timeout=10)
+    assert static.status_code == 200 and "text/css" in static.headers["Content-Type"]
+
+
+def test_embedded_default_refuses_several_workers(tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": "", "DATABASE_URL": "", "DATA_DIR": str(tmp_path), "SERVER_WORKERS": "2"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "SERVER_WORKERS > 1 needs REDIS_URL" in result.stderr
+
+
+def test_cors_preflight_allows_the_api_key_header(settings) -> None:  # noqa: ANN001
+    response = Client().options(
+        "/api/v1/me/", HTTP_ORIGIN="https://labeling.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET", HTTP_ACCESS_CONTROL_REQUEST_HEADERS="x-api-key",
+    )
+    assert response.status_code == 200
+    assert response["Access-Control-Allow-Origin"] in ("*", "https://labeling.example.com")
+    assert "x-api-key" in response["Access-Control-Allow-Headers"].lower()
+
+
+def test_browsable_api_and_admin_pages_render(admin_user, alice) -> None:  # noqa: ANN001
+    browser = Client()
+    browser.force_login(admin_user)
+    for page in ("/api/v1/", "/api/v1/me/", "/api/v1/uploads/", "/api/v1/keys/", "/api/v1/users/"):
+        response = browser.get(page, HTTP_ACCEPT="text/html")
+        assert response.status_code == 200, page
+        assert b"Django REST framework" in response.content
+    for page in ("/admin/accounts/apikey/", "/admin/accounts/dailyusage/", f"/admin/auth/user/{alice.user.pk}/change/"):
+        assert browser.get(page).status_code == 200, page
+
+
+def test_celery_is_configured_from_django_settings(settings) -> None:  # noqa: ANN001
+    from sam3site.celery import app
+
+    assert app.conf.broker_url == settings.REDIS_URL
+    assert app.conf.task_always_eager is False  # a real broker with REDIS_URL set
+
+
+@pytest.mark.slow
+def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # noqa: ANN001
+    import time
+
+    server = start_server(RELOAD="true")
+    watched = ROOT / "sam3site" / "views.py"
+    time.sleep(1.5)  # let the reloader take its first snapshot of modification times
+    os.utime(watched)
+    deadline = time.monotonic() + 30
+    while "changed, reloading" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "changed, reloading" in server.log()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{server.url}/healthz", timeout=2).ok and server.log().count("Listening on TCP") >= 2:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    assert server.log().count("Listening on TCP") >= 2
+    assert requests.get(f"{server.url}/healthz", timeout=5).ok
