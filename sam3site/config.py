@@ -108,6 +108,23 @@ class Config(BaseSettings):
     enable_metrics: bool = Field(True, description="Export Prometheus metrics on METRICS_PORT.")
     metrics_port: int = Field(9090, ge=1, le=65535, description="Port of the Prometheus metrics endpoint.")
 
+    # --- inference workers (beyond the seed's contract) ---
+    inference_queue_limit: int = Field(
+        32, ge=1, description="Requests waiting or running per model worker before new ones get 503 + Retry-After."
+    )
+    inference_timeout_seconds: float = Field(
+        60.0, gt=0, description="Deadline of one inference request; an expired request is dropped, not computed."
+    )
+    inference_max_batch_size: int = Field(
+        1, ge=1, le=64, description="Images whose backbone runs in one forward pass when requests arrive together."
+    )
+    worker_heartbeat_timeout_seconds: float = Field(
+        10.0, gt=0, description="A model worker silent this long is considered dead."
+    )
+    worker_metrics_port: int = Field(
+        9091, ge=1, le=65535, description="Port of the model workers' Prometheus metrics (served by run_workers)."
+    )
+
     # --- deployment (beyond the seed's contract) ---
     database_url: str | None = Field(
         None, description="Database, e.g. postgres://user:pass@host:5432/sam3. Unset: embedded SQLite under DATA_DIR."

@@ -67,6 +67,18 @@ class Unavailable(ApiError):
     status_code, code, message = 503, "unavailable", "The service is temporarily unavailable."
 
 
+class ModelUnavailable(Unavailable):
+    code, message = "model_unavailable", "No model worker is ready."
+
+
+class Overloaded(Unavailable):
+    code, message = "overloaded", "The model workers are busy; retry later."
+
+
+class DeadlineExceeded(ApiError):
+    status_code, code, message = 504, "deadline_exceeded", "The request was not computed before its deadline."
+
+
 _DRF_CODES: dict[type[drf.APIException], str] = {
     drf.ValidationError: "invalid",
     drf.ParseError: "malformed_request",

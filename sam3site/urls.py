@@ -11,6 +11,7 @@ api_v1 = [
     path("", ApiRootView.as_view(), name="api-root"),
     path("", include("accounts.urls")),
     path("", include("uploads.urls")),
+    path("", include("segmentation.urls")),
 ]
 
 urlpatterns = [

@@ -23,6 +23,7 @@ class ApiRootView(APIView):
                 "keys": link("apikey-list"),
                 "users": link("user-list"),
                 "uploads": link("upload-list"),
+                "segment_image": link("segment-image"),
                 "schema": link("schema"),
                 "docs": link("swagger-ui"),
             }

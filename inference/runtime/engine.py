@@ -78,7 +78,7 @@ class ImageFeatures:
 
 @dataclass
 class Instances:
-    """Segmentation results for one image, sorted as the model ranks them.
+    """Segmentation results for one image (image results: best score first).
 
     ``scores`` float32 [N] and ``boxes`` float32 [N, 4] (xyxy, original image pixels) are on the
     CPU; ``masks`` bool [N, H, W] at the original resolution stays on the model device so it can
@@ -241,7 +241,8 @@ def _instances_from_detector(outputs, size: tuple[int, int], threshold: float, m
     boxes = boxes.float()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    return Instances(scores=scores.float().cpu(), boxes=boxes.cpu(), masks=masks)
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    return Instances(scores=scores.float()[order].cpu(), boxes=boxes[order].cpu(), masks=masks[order])
 
 
 def segment_concept(
@@ -259,7 +260,7 @@ def segment_concept(
     ``box_labels``: 1 = positive exemplar, 0 = negative (default all positive). With boxes and no
     text SAM3 is prompted with the text "visual", as transformers' processor does. ``threshold``
     applies to the combined score (query score x presence score); ``boxes`` in the result are
-    clamped to the image.
+    clamped to the image. Instances come best score first.
     """
     text = text.strip() if text is not None else None
     boxes = list(boxes or [])
@@ -284,8 +285,27 @@ def segment_concept(
     inputs.pop("original_sizes", None)
 
     with torch.inference_mode():
-        outputs = loaded.detector(vision_embeds=_vision_embeds(loaded, features), **inputs)
+        text_embeds = _text_embeds(loaded, prompt["text"], inputs.pop("input_ids"), inputs["attention_mask"])
+        outputs = loaded.detector(vision_embeds=_vision_embeds(loaded, features), text_embeds=text_embeds, **inputs)
         return _instances_from_detector(outputs, features.original_size, threshold, mask_threshold)
+
+
+def _text_embeds(loaded: LoadedSam3, text: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """``get_text_features`` output for ``text``, cached: follow-up prompts skip the text encoder."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    cache = loaded.text_cache
+    cached = cache.get(text)
+    if cached is not None:
+        cache.move_to_end(text)
+        return cached
+    full = loaded.detector.get_text_features(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+    # Sam3Model.forward reads only pooler_output (the projected per-token features).
+    cached = BaseModelOutputWithPooling(pooler_output=full.pooler_output)
+    cache[text] = cached
+    while len(cache) > loaded.text_cache_size:
+        cache.popitem(last=False)
+    return cached
 
 
 # --------------------------------------------------------------------------- interactive prompts

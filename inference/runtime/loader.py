@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class LoadedSam3:
     checkpoint_dir: Path
     is_tiny_random: bool
     identity: dict[str, Any] = field(default_factory=dict)
+    # text prompt -> projected CLIP features (what Sam3Model.forward uses of get_text_features);
+    # bounded LRU, a few tens of KB per entry on the model device.
+    text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    text_cache_size: int = 128
 
     @property
     def detector(self):
@@ -103,9 +108,14 @@ def _first_line(exc: BaseException) -> str:
 def resolve_checkpoint_dir(checkpoint: Path | str) -> Path:
     """The Hugging Face-layout directory for ``checkpoint`` (a directory or a file inside one)."""
     path = Path(checkpoint).expanduser()
-    if not path.exists():
+    if path.is_dir():
+        directory = path
+    elif path.exists() or (path.suffix and (path.parent / "config.json").is_file()):
+        # SAM3_CHECKPOINT may name Meta's sam3.pt of the facebook/sam3 download (present or not):
+        # the Hugging Face files beside it are what we load.
+        directory = path.parent
+    else:
         raise ModelLoadError(f"checkpoint not found: {path}")
-    directory = path if path.is_dir() else path.parent
     if not (directory / "config.json").is_file():
         meta_files = sorted(p.name for p in directory.glob("*.pt"))
         hint = (

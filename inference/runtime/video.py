@@ -87,6 +87,25 @@ class LazyFrames(Mapping):
         return tensor
 
 
+def _trim_history(session, frame_index: int, reverse: bool, keep: int | None) -> None:
+    """Drop tracked (non-conditioning) outputs more than ``keep`` frames behind ``frame_index``.
+
+    transformers keeps every frame's memory features and masks for every object for the whole
+    session (about 1 MB per object per frame at 1008 px), which a long video cannot afford.
+    Forward tracking only reads the last ``num_maskmem`` (7) frames and object pointers up to
+    ``max_object_pointers_in_encoder`` (16) frames back, so a window above that changes nothing
+    for continued propagation in the same direction; a later pass in the other direction over
+    trimmed frames sees fewer memories than untrimmed transformers would.
+    """
+    if keep is None:
+        return
+    for per_object in session.output_dict_per_obj.values():
+        outputs = per_object["non_cond_frame_outputs"]
+        stale = [f for f in outputs if (f > frame_index + keep if reverse else f < frame_index - keep)]
+        for f in stale:
+            del outputs[f]
+
+
 def _check_frame_index(index: int, num_frames: int) -> int:
     if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < num_frames:
         raise ValueError(f"frame index {index!r} is outside the video (0..{num_frames - 1})")
@@ -97,12 +116,25 @@ def _check_frame_index(index: int, num_frames: int) -> int:
 
 
 class ConceptVideoSession:
-    """Text-prompted detection + tracking over a video (SAM3 PCS)."""
+    """Text-prompted detection + tracking over a video (SAM3 PCS).
 
-    def __init__(self, loaded: LoadedSam3, frames: Sequence[np.ndarray]):
+    ``state_device`` holds the per-frame tracking state (default: the model device; "cpu" moves
+    it to host memory at some speed cost). ``keep_history`` bounds that state to the last N
+    tracked frames (see ``_trim_history``); None keeps everything like transformers.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedSam3,
+        frames: Sequence[np.ndarray],
+        *,
+        state_device: str | torch.device | None = None,
+        keep_history: int | None = None,
+    ):
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
         self.loaded = loaded
+        self.keep_history = keep_history
         self._frames = LazyFrames(loaded, frames)
         height, width = self._frames.size
         self.session = Sam3VideoInferenceSession(
@@ -110,7 +142,7 @@ class ConceptVideoSession:
             video_height=height,
             video_width=width,
             inference_device=loaded.device,
-            inference_state_device=loaded.device,
+            inference_state_device=state_device or loaded.device,
             video_storage_device="cpu",
             dtype=loaded.dtype,
         )
@@ -177,6 +209,7 @@ class ConceptVideoSession:
             max_frame_num_to_track=max_frames,
             reverse=reverse,
         ):
+            _trim_history(self.session, int(output.frame_idx), reverse, self.keep_history)
             processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
             object_ids = processed["object_ids"]
             labels = {obj_id: text for text, ids in processed["prompt_to_obj_ids"].items() for obj_id in ids}
@@ -226,15 +259,28 @@ class _BackboneFeatureCache:
 
 
 class InteractiveVideoSession:
-    """Track user-designated objects (clicks / boxes / masks on any frame) through a video."""
+    """Track user-designated objects (clicks / boxes / masks on any frame) through a video.
 
-    def __init__(self, loaded: LoadedSam3, frames: Sequence[np.ndarray]):
+    ``state_device`` holds the per-frame tracking state (default: the model device; "cpu" moves
+    it to host memory at some speed cost). ``keep_history`` bounds that state to the last N
+    tracked frames (see ``_trim_history``); None keeps everything like transformers.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedSam3,
+        frames: Sequence[np.ndarray],
+        *,
+        state_device: str | torch.device | None = None,
+        keep_history: int | None = None,
+    ):
         from transformers import Sam3TrackerVideoProcessor
         from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
             Sam3TrackerVideoInferenceSession,
         )
 
         self.loaded = loaded
+        self.keep_history = keep_history
         self._frames = LazyFrames(loaded, frames)
         height, width = self._frames.size
         self.processor = Sam3TrackerVideoProcessor(
@@ -246,7 +292,7 @@ class InteractiveVideoSession:
             video_height=height,
             video_width=width,
             inference_device=loaded.device,
-            inference_state_device=loaded.device,
+            inference_state_device=state_device or loaded.device,
             video_storage_device="cpu",
             dtype=loaded.dtype,
         )
@@ -385,4 +431,5 @@ class InteractiveVideoSession:
                 max_frame_num_to_track=max_frames,
                 reverse=reverse,
             ):
+                _trim_history(self.session, int(output.frame_idx), reverse, self.keep_history)
                 yield int(output.frame_idx), self._frame_instances(output)

@@ -28,6 +28,7 @@ from django.utils import autoreload
 from loguru import logger
 
 RESTART_BACKOFF_SECONDS = 1.0
+SERVING_ENV = "SAM3_SERVING"  # set in daphne children: the embedded model runtime starts only there
 
 
 class Command(BaseCommand):
@@ -66,9 +67,9 @@ class Command(BaseCommand):
 
         metrics_dir = tempfile.mkdtemp(prefix="sam3-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, True)
-        child_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        child_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, SERVING_ENV: "1"}
         if settings.ENABLE_METRICS:
-            _serve_metrics(metrics_dir, config.metrics_port)
+            serve_metrics(metrics_dir, config.metrics_port)
 
         def spawn() -> subprocess.Popen:
             return subprocess.Popen(
@@ -125,7 +126,8 @@ class _Children:
                 child.kill()
 
 
-def _serve_metrics(metrics_dir: str, port: int) -> None:
+def serve_metrics(metrics_dir: str, port: int) -> None:
+    """Export the metrics that this process's children write to ``metrics_dir``."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -1,0 +1,129 @@
+"""Web side of inference: admit a job, route it to a model worker, await its reply.
+
+With REDIS_URL the job goes to a Celery model worker's own queue, chosen by the image's hash (so
+its cached features are reused), and the reply comes back on a per-request Redis list awaited
+without holding a thread. On the embedded default the model runs in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from inference import registry
+from inference.jobs import ImageJob
+from inference.runtime_process import embedded_runtime
+from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, Overloaded
+
+INFLIGHT_KEY = "sam3:inflight:{queue}"
+RETRY_AFTER_SECONDS = 2
+
+# Atomically: forget expired entries, refuse when full, else admit. Entries carry their deadline
+# as score, so a web process that dies mid-request cannot leak a slot for longer than that.
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def redis_client() -> aioredis.Redis:
+    """One async client per event loop (tests and async_to_sync make several loops)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    return client
+
+
+async def live_workers() -> list[registry.WorkerInfo]:
+    return registry.parse_workers(await redis_client().hgetall(registry.WORKERS_KEY))
+
+
+def _unavailable(workers: list[registry.WorkerInfo]) -> ModelUnavailable:
+    alive = [w for w in workers if w.alive]
+    if not alive:
+        return ModelUnavailable("No model worker is running (start them with manage.py run_workers).")
+    reasons = {w.name: f"{w.state}: {w.reason}" if w.reason else w.state for w in alive}
+    return ModelUnavailable("No model worker is ready: " + "; ".join(sorted(set(reasons.values()))), detail={"workers": reasons})
+
+
+async def run_image_job(job: ImageJob) -> dict[str, Any]:
+    if settings.EMBEDDED:
+        return await _run_embedded(job)
+    return await _run_on_worker(job)
+
+
+async def _run_on_worker(job: ImageJob) -> dict[str, Any]:
+    from inference.tasks import segment_image
+
+    client = redis_client()
+    workers = [w for w in await live_workers() if w.ready]
+    if not workers:
+        raise _unavailable(await live_workers())
+    worker = registry.pick_worker(job.image_sha256, workers)
+    inflight = INFLIGHT_KEY.format(queue=worker.queue)
+    timeout = settings.CONFIG.inference_timeout_seconds
+    admitted = await client.eval(
+        _ADMIT, 1, inflight, time.time(), settings.CONFIG.inference_queue_limit, job.deadline, job.request_id, int(timeout) + 60
+    )
+    if not admitted:
+        raise Overloaded(f"Worker {worker.name} has {settings.CONFIG.inference_queue_limit} requests in hand.", retry_after=RETRY_AFTER_SECONDS)
+    reply_key = f"sam3:reply:{job.request_id}:{uuid.uuid4().hex}"
+    try:
+        await sync_to_async(segment_image.apply_async, thread_sensitive=False)(
+            args=(job.to_message(), reply_key), queue=worker.queue, expires=job.deadline - time.time(),
+        )
+        remaining = job.deadline - time.time()
+        reply = await client.blpop([reply_key], timeout=max(0.1, remaining)) if remaining > 0 else None
+    finally:
+        await client.zrem(inflight, job.request_id)
+    if reply is None:
+        raise DeadlineExceeded(f"No result within {timeout:g}s (INFERENCE_TIMEOUT_SECONDS).")
+    return _unwrap(json.loads(reply[1]))
+
+
+def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload["ok"]:
+        return payload["result"]
+    error = payload["error"]
+    raised = ApiError(error["message"], code=error["code"], detail=error.get("detail"))
+    raised.status_code = error["status"]
+    raise raised
+
+
+_embedded_inflight = 0
+
+
+async def _run_embedded(job: ImageJob) -> dict[str, Any]:
+    global _embedded_inflight
+    runtime = embedded_runtime()
+    if not runtime.host.ready:
+        raise ModelUnavailable(
+            f"The model is {runtime.host.state}" + (f": {runtime.host.reason}" if runtime.host.reason else "."),
+            retry_after=RETRY_AFTER_SECONDS if runtime.host.state == "loading" else None,
+        )
+    if _embedded_inflight >= settings.CONFIG.inference_queue_limit:
+        raise Overloaded(retry_after=RETRY_AFTER_SECONDS)
+    _embedded_inflight += 1
+    try:
+        future = runtime.scheduler.submit_image(job)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, job.deadline - time.time()))
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded() from None
+    finally:
+        _embedded_inflight -= 1

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+
+from inference import registry
+from inference.runtime_process import current_runtime
+
+
+def check_model() -> tuple[bool, dict]:
+    if not settings.CONFIG.image_model_enabled:
+        return True, {"state": "disabled"}
+    if settings.EMBEDDED:
+        runtime = current_runtime()
+        if runtime is None:
+            return False, {"state": "not started", "reason": "this process does not serve (use manage.py serve)"}
+        host = runtime.host
+        return host.ready, {"state": host.state, "reason": host.reason, "model": host.identity}
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        workers = registry.read_workers(client)
+    except redis.RedisError as error:
+        return False, {"error": f"cannot read model workers: {error}"}
+    alive = [w for w in workers if w.alive]
+    listed = [
+        {"name": w.name, "device": w.device, "state": w.state, "reason": w.reason, "pending": w.pending,
+         "heartbeat_age_s": round(w.age, 1), "tiny_random": w.model.get("tiny_random", False)}
+        for w in alive
+    ]
+    ready = any(w.ready for w in alive)
+    info: dict = {"workers": listed, "ready_workers": sum(w.ready for w in alive)}
+    if not ready:
+        info["reason"] = "no model worker is running" if not alive else "; ".join(f"{w.name}: {w.state} {w.reason or ''}".strip() for w in alive)
+    return ready, info

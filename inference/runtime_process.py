@@ -1,0 +1,104 @@
+"""The model runtime of the current process: a Celery model worker, or the embedded server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import redis
+from django.conf import settings
+from loguru import logger
+
+from inference import registry
+from inference.host import HostSettings, ModelHost
+from inference.metrics import WORKERS_UP
+from inference.scheduler import ModelScheduler
+
+WORKER_DEVICE_ENV = "SAM3_WORKER_DEVICE"
+WORKER_QUEUE_ENV = "SAM3_WORKER_QUEUE"
+
+_runtime: ModelRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def host_settings(device: str) -> HostSettings:
+    config = settings.CONFIG
+    return HostSettings(
+        checkpoint=config.sam3_checkpoint,
+        bpe_path=config.sam3_bpe_path,
+        device=device,
+        compile=config.image_model_compile,
+        # The checkpoint's own input size unless IMAGE_MODEL_RESOLUTION is set explicitly
+        # (its default, 1008, is the published model's size).
+        resolution=config.image_model_resolution if "image_model_resolution" in config.model_fields_set else None,
+        enabled=config.image_model_enabled,
+        cache_bytes=config.max_cache_size_mb * 1024 * 1024 if config.enable_feature_cache else 0,
+        cache_ttl_seconds=config.feature_cache_ttl_seconds,
+        max_batch_size=config.inference_max_batch_size,
+        tiny_fallback_dir=Path(config.data_dir) / "tiny-sam3" if settings.EMBEDDED else None,
+    )
+
+
+class ModelRuntime:
+    def __init__(self, *, device: str, queue: str | None) -> None:
+        self.device = device
+        self.queue = queue
+        self.name = f"{queue or 'embedded'}@{socket.gethostname()}:{os.getpid()}"
+        self.host = ModelHost(host_settings(device))
+        self.scheduler = ModelScheduler(self.host, max_batch_size=settings.CONFIG.inference_max_batch_size)
+        self.started_at = time.time()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.scheduler.start(load=True)
+        if self.queue is not None:
+            threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._report_up, name="up-gauge", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scheduler.stop()
+        if self.queue is not None:
+            registry.withdraw(redis.Redis.from_url(settings.REDIS_URL), self.name)
+
+    def info(self) -> registry.WorkerInfo:
+        return registry.WorkerInfo(
+            name=self.name, queue=self.queue or "", device=self.device, state=self.host.state, reason=self.host.reason,
+            model=self.host.identity, pending=self.scheduler.pending, beat_at=time.time(), started_at=self.started_at,
+            cache=self.host.cache.stats(),
+        )
+
+    def _heartbeat(self) -> None:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+        while not self._stop.is_set():
+            try:
+                registry.publish(client, self.info())
+            except redis.RedisError as error:
+                logger.warning("Heartbeat failed: {}", error)
+            self._stop.wait(registry.HEARTBEAT_SECONDS)
+
+    def _report_up(self) -> None:
+        while not self._stop.wait(1.0):
+            WORKERS_UP.set(1 if self.host.ready else 0)
+
+
+def start_runtime(*, device: str, queue: str | None) -> ModelRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = ModelRuntime(device=device, queue=queue)
+            _runtime.start()
+            logger.info("Model runtime {} starting on {}", _runtime.name, device)
+        return _runtime
+
+
+def current_runtime() -> ModelRuntime | None:
+    return _runtime
+
+
+def embedded_runtime() -> ModelRuntime:
+    """The in-process runtime of the embedded default (no Redis, no separate workers)."""
+    return _runtime or start_runtime(device=settings.CONFIG.image_model_device, queue=None)

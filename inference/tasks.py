@@ -1,0 +1,78 @@
+"""Celery tasks run by model workers. Replies go to a per-request Redis list the web awaits."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from loguru import logger
+
+from inference.jobs import ImageJob
+from inference.runtime_process import WORKER_DEVICE_ENV, WORKER_QUEUE_ENV, current_runtime, start_runtime
+from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, as_api_error
+
+REPLY_TTL_SECONDS = 120
+_reply_client: redis.Redis | None = None
+
+
+def _replies() -> redis.Redis:
+    global _reply_client
+    if _reply_client is None:
+        _reply_client = redis.Redis.from_url(settings.REDIS_URL)
+    return _reply_client
+
+
+def send_reply(reply_key: str, payload: dict[str, Any]) -> None:
+    pipeline = _replies().pipeline()
+    pipeline.rpush(reply_key, json.dumps(payload))
+    pipeline.expire(reply_key, REPLY_TTL_SECONDS)
+    pipeline.execute()
+
+
+def error_payload(error: ApiError) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": error.code, "message": error.message, "detail": error.detail, "status": error.status_code}}
+
+
+@shared_task(name="inference.segment_image", ignore_result=True)
+def segment_image(message: dict[str, Any], reply_key: str) -> None:
+    job = ImageJob.from_message(message)
+    runtime = current_runtime()
+    try:
+        if runtime is None:
+            raise ModelUnavailable("This Celery worker hosts no model (start workers with manage.py run_workers).")
+        future = runtime.scheduler.submit_image(job)
+        try:
+            result = future.result(timeout=max(0.0, job.deadline - time.time()) + 5)
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlineExceeded() from None
+        payload: dict[str, Any] = {"ok": True, "result": result, "worker": runtime.name}
+    except Exception as error:  # noqa: BLE001 - every outcome is a reply
+        mapped = as_api_error(error)
+        if mapped is None:
+            logger.opt(exception=error).error("Job {} failed", job.request_id)
+            mapped = ApiError("Internal error in the model worker.", code="internal_error")
+            mapped.status_code = 500
+        payload = error_payload(mapped)
+    send_reply(reply_key, payload)
+
+
+@worker_ready.connect
+def _start_model_runtime(**_kwargs: object) -> None:
+    device = os.environ.get(WORKER_DEVICE_ENV)
+    if device:  # only workers started by run_workers host a model
+        start_runtime(device=device, queue=os.environ.get(WORKER_QUEUE_ENV))
+
+
+@worker_shutdown.connect
+def _stop_model_runtime(**_kwargs: object) -> None:
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.stop()
