@@ -44,7 +44,11 @@ def redis_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = _clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+        client = _clients[loop] = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=2,
+            socket_timeout=settings.CONFIG.inference_timeout_seconds + 5,  # BLPOP waits up to the deadline
+        )
     return client
 
 
@@ -97,7 +101,7 @@ async def _run_on_worker(job: ImageJob) -> dict[str, Any]:
 
 def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:
     if payload["ok"]:
-        return payload["result"]
+        return {**payload["result"], "worker": payload["worker"]}
     error = payload["error"]
     raised = ApiError(error["message"], code=error["code"], detail=error.get("detail"))
     raised.status_code = error["status"]
@@ -121,7 +125,8 @@ async def _run_embedded(job: ImageJob) -> dict[str, Any]:
     try:
         future = runtime.scheduler.submit_image(job)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, job.deadline - time.time()))
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.0, job.deadline - time.time()))
+            return {**result, "worker": runtime.name}
         except TimeoutError:
             future.cancel()
             raise DeadlineExceeded() from None

@@ -240,4 +240,4 @@ def prompt_summary(prompt: ConceptPrompt | InteractivePrompt) -> dict[str, Any]:
 
 def load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # writable: torch warns on read-only arrays

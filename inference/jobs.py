@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+MASK_FORMATS = ("rle", "polygons", "png", "none")
+
 
 @dataclass(frozen=True)
 class ConceptPrompt:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from pycocotools import mask as coco_mask
 
+from inference.jobs import MASK_FORMATS
+
 RLE = dict[str, Any]  # {"size": [height, width], "counts": str}
 
 
@@ -81,9 +83,6 @@ def encode_png(mask: np.ndarray) -> str:
     if not ok:
         raise ValueError("PNG encoding failed")
     return base64.b64encode(buffer.tobytes()).decode("ascii")
-
-
-MASK_FORMATS = ("rle", "polygons", "png", "none")
 
 
 def encode_masks(masks: torch.Tensor, mask_format: str) -> list[Any]:

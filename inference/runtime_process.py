@@ -1,4 +1,7 @@
-"""The model runtime of the current process: a Celery model worker, or the embedded server."""
+"""The model runtime of the current process: a Celery model worker, or the embedded server.
+
+torch and the model code are imported only when a runtime is created, so web processes that
+send work to separate workers never load them."""
 
 from __future__ import annotations
 
@@ -7,15 +10,17 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
 from loguru import logger
 
 from inference import registry
-from inference.host import HostSettings, ModelHost
 from inference.metrics import WORKERS_UP
-from inference.scheduler import ModelScheduler
+
+if TYPE_CHECKING:
+    from inference.host import HostSettings
 
 WORKER_DEVICE_ENV = "SAM3_WORKER_DEVICE"
 WORKER_QUEUE_ENV = "SAM3_WORKER_QUEUE"
@@ -25,6 +30,8 @@ _runtime_lock = threading.Lock()
 
 
 def host_settings(device: str) -> HostSettings:
+    from inference.host import HostSettings
+
     config = settings.CONFIG
     return HostSettings(
         checkpoint=config.sam3_checkpoint,
@@ -44,6 +51,9 @@ def host_settings(device: str) -> HostSettings:
 
 class ModelRuntime:
     def __init__(self, *, device: str, queue: str | None) -> None:
+        from inference.host import ModelHost
+        from inference.scheduler import ModelScheduler
+
         self.device = device
         self.queue = queue
         self.name = f"{queue or 'embedded'}@{socket.gethostname()}:{os.getpid()}"

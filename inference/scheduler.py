@@ -14,14 +14,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from inference.host import ModelHost
 from inference.jobs import ImageJob
 from inference.metrics import EXPIRED_JOBS
 from sam3site.errors import DeadlineExceeded
+
+if TYPE_CHECKING:
+    from inference.host import ModelHost
 
 
 @dataclass

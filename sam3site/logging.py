@@ -37,5 +37,10 @@ def configure_logging(level: str) -> None:
     for name in ("django", "django.server", "django.request", "celery", "daphne", "asyncio"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-    # Our request log line already reports every 4xx; Django's own would repeat it.
-    logging.getLogger("django.request").setLevel(logging.ERROR)
+    # Our request log line reports every response; Django's own line repeats it, and would call
+    # deliberate 503/504 answers (overload, deadline) errors. Crashes still come through.
+    logging.getLogger("django.request").addFilter(_only_crashes)
+
+
+def _only_crashes(record: logging.LogRecord) -> bool:
+    return record.exc_info is not None or getattr(record, "status_code", 500) == 500

@@ -9,7 +9,7 @@ from rest_framework import serializers
 from rest_framework.fields import empty
 from rest_framework.utils import html
 
-from inference.masks import MASK_FORMATS
+from inference.jobs import MASK_FORMATS
 
 MAX_PROMPTS = 16
 MAX_BOXES = 32
@@ -119,4 +119,5 @@ class SegmentResponseSerializer(serializers.Serializer):
     results = PromptResultSerializer(many=True)
     model = serializers.DictField(help_text="Model identity; `warning` when the tiny random model answers.")
     cache_hit = serializers.BooleanField(help_text="The image's features came from the worker's cache.")
+    worker = serializers.CharField(help_text="The model worker that computed the result.")
     timings_ms = serializers.DictField(help_text="queued, compute, postprocess, total.")

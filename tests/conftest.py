@@ -33,7 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _fresh_redis_and_dirs() -> None:
-    cache.clear()  # rate counters live here
+    # Rate counters live in the cache; model workers' registry and queues share the Redis database
+    # and must survive, so only the cache's own keys go.
+    client = cache._cache.get_client(write=True)
+    for key in client.scan_iter(match="sam3:*:rl:*"):
+        client.delete(key)
     for directory in (settings.UPLOAD_DIR, settings.OUTPUT_DIR):
         shutil.rmtree(directory, ignore_errors=True)
         Path(directory).mkdir(parents=True)
@@ -130,7 +134,7 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
     """Start `manage.py serve` (the README's server command) as a real process on free ports."""
     started: list[LiveServer] = []
 
-    def start(wait_ready: bool = True, **env_overrides: str) -> LiveServer:
+    def start(**env_overrides: str) -> LiveServer:
         port, metrics_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -152,9 +156,9 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
             if process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{server.log()}")
             try:
-                if requests.get(f"{server.url}/healthz", timeout=1).ok:
+                if requests.get(f"{server.url}/healthz", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted by the socket before daphne is up
                 time.sleep(0.2)
         else:
             raise RuntimeError(f"server did not start:\n{server.log()}")
@@ -168,3 +172,81 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
                 server.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(server.process.pid, 9)
+
+
+# --- the tiny SAM3 and real model workers ---
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference.runtime.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sam3"))
+
+
+@dataclass
+class Workers:
+    process: subprocess.Popen
+    metrics_url: str
+    log_path: Path
+    names: list[str]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+
+
+def read_registry() -> list:
+    import redis
+
+    from inference import registry
+
+    return [w for w in registry.read_workers(redis.Redis.from_url(settings.REDIS_URL)) if w.alive]
+
+
+def launch_workers(
+    log_dir: Path, checkpoint: Path, *, devices: tuple[str, ...] = ("cpu",), wait_for: str = "ready", **env_overrides: str
+) -> Workers:
+    """`manage.py run_workers` as a real process group: Celery workers that load the model."""
+    import redis
+
+    from inference import registry
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
+    metrics_port = free_port()
+    env = {
+        **os.environ, "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent", "IMAGE_MODEL_DEVICE": "cpu",
+        "WORKER_METRICS_PORT": str(metrics_port), "WORKER_HEARTBEAT_TIMEOUT_SECONDS": "4", **env_overrides,
+    }
+    log_path = log_dir / f"workers-{metrics_port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_workers", "--devices", *devices],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    workers = Workers(process, f"http://127.0.0.1:{metrics_port}", log_path, [])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"run_workers exited early:\n{workers.log()}")
+        alive = read_registry()
+        settled = [w for w in alive if (w.state == "ready" if wait_for == "ready" else w.state != "loading")]
+        if len(settled) == len(devices):
+            workers.names = [w.name for w in settled]
+            return workers
+        time.sleep(0.3)
+    workers.stop()
+    raise RuntimeError(f"model workers did not become {wait_for}:\n{workers.log()}")
+
+
+@pytest.fixture(scope="module")
+def model_worker(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """One CPU model worker with the tiny SAM3, shared by a test module."""
+    workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint)
+    yield workers
+    workers.stop()

@@ -3,7 +3,7 @@
 Same classes and code paths as the published ``facebook/sam3`` (``Sam3VideoModel``: detector +
 tracker sharing one ViT), only with small sizes: ViT hidden 64 x 2 layers at 224 px / patch 14,
 FPN / DETR / mask / tracker hidden 128 (smaller breaks video tracking, see ``_TINY_HIDDEN``),
-CLIP text hidden 32, 20 queries, backbone feature maps 64/32/16, memory RoPE grid 16. About 3 M
+CLIP text hidden 32, 20 queries, backbone feature maps 64/32/16, memory RoPE grid 16. About 5 M
 parameters; builds in ~0.1 s, runs an image prompt in a few tens of ms on CPU. With random
 weights scores sit near 0.5 * 0.5 = 0.25, so callers must lower thresholds to see detections.
 """
@@ -148,8 +148,8 @@ def build_tiny_model(seed: int = 0, vocab_size: int | None = None):
 def write_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     """Write the tiny random SAM3 in the published Hugging Face layout; returns ``directory``.
 
-    Files: ``config.json`` + ``model.safetensors`` (as ``save_pretrained`` writes them), the
-    processor and tokenizer files (``Sam3VideoProcessor.save_pretrained``), the small BPE file
+    Files: ``config.json`` + ``model.safetensors`` (state_dict names, like the facebook/sam3
+    release), the processor and tokenizer files (``Sam3VideoProcessor.save_pretrained``), the small BPE file
     ``bpe_simple_vocab_16e6.txt.gz`` the tokenizer came from, and the ``TINY_RANDOM_MODEL`` marker
     the loader uses to flag the model as not a real one.
     """

@@ -112,6 +112,21 @@ def _check_frame_index(index: int, num_frames: int) -> int:
     return int(index)
 
 
+def set_temporal_disambiguation(loaded: LoadedSam3, enabled: bool) -> None:
+    """SAM3's temporal disambiguation heuristics on/off (VIDEO_MODEL_TEMPORAL_DISAMBIGUATION).
+
+    On (the checkpoint's config, as published): outputs are held back ``hotstart_delay`` (15)
+    frames so tracks unmatched by detections or duplicating another in that window are dropped,
+    and every 16th frame confident detections recondition the tracker. Off mirrors Meta's
+    ``apply_temporal_disambiguation=False``: no hold-back, no removal, no reconditioning, each
+    frame is yielded as soon as it is processed. Applies to every session of this model.
+    """
+    model, config = loaded.model, loaded.model.config
+    names = ("hotstart_delay", "hotstart_unmatch_thresh", "hotstart_dup_thresh", "recondition_every_nth_frame")
+    for name in names:
+        setattr(model, name, getattr(config, name) if enabled else 0)
+
+
 # --------------------------------------------------------------------------- concept (text) sessions
 
 
@@ -210,7 +225,8 @@ class ConceptVideoSession:
             reverse=reverse,
         ):
             _trim_history(self.session, int(output.frame_idx), reverse, self.keep_history)
-            processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
+            with torch.inference_mode():
+                processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
             object_ids = processed["object_ids"]
             labels = {obj_id: text for text, ids in processed["prompt_to_obj_ids"].items() for obj_id in ids}
             masks = processed["masks"]

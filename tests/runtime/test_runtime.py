@@ -586,3 +586,16 @@ def test_video_history_is_bounded(loaded):
     _, stored_short = run(2)
     assert stored_full == 7 and stored_short <= 3
     assert all(torch.equal(a, b) for a, b in zip(full, windowed))
+
+
+def test_temporal_disambiguation_switch(video_loaded):
+    from inference.runtime.video import set_temporal_disambiguation
+
+    model = video_loaded.model
+    set_temporal_disambiguation(video_loaded, False)
+    assert (model.hotstart_delay, model.recondition_every_nth_frame) == (0, 0)
+    session = ConceptVideoSession(video_loaded, _video(3))
+    session.add_text_prompt("dog")
+    assert [i for i, _ in session.propagate()] == [0, 1, 2]
+    set_temporal_disambiguation(video_loaded, True)
+    assert (model.hotstart_delay, model.hotstart_unmatch_thresh) == (15, 8)
