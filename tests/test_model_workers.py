@@ -1,0 +1,125 @@
+"""Model worker processes: readiness, failures with reasons, two workers with cache affinity,
+and the embedded one-process mode."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from PIL import Image
+
+from tests.conftest import launch_workers, read_registry
+
+pytestmark = pytest.mark.django_db
+SEGMENT = "/api/v1/segment/"
+
+
+def photo(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload(client, seed: int) -> str:  # noqa: ANN001
+    return client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("p.png", photo(seed))}, format="multipart").json()["id"]
+
+
+def test_no_worker_means_not_ready_and_503(alice) -> None:  # noqa: ANN001
+    import redis
+    from django.conf import settings
+
+    from inference import registry
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
+    ready = Client().get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["model"]["reason"] == "no model worker is running"
+    response = alice.client.post(SEGMENT, {"image": upload(alice.client, 1), "prompts": [{"text": "dog"}]}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_unavailable"
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_worker_with_bad_weights_reports_the_reason(damage: str, tiny_checkpoint: Path, tmp_path: Path, alice) -> None:  # noqa: ANN001
+    checkpoint = tmp_path / "weights"
+    if damage == "corrupt":
+        shutil.copytree(tiny_checkpoint, checkpoint)
+        (checkpoint / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    workers = launch_workers(tmp_path, checkpoint / "sam3.pt", wait_for="settled")
+    try:
+        (worker,) = read_registry()
+        assert worker.state == "failed"
+        assert ("does not exist" in worker.reason or "not found" in worker.reason.lower()) if damage == "missing" else "safetensors" in worker.reason
+        ready = Client().get("/readyz").json()
+        assert ready["status"] == "not_ready"
+        assert worker.reason in ready["checks"]["model"]["reason"]
+        response = alice.client.post(SEGMENT, {"image": upload(alice.client, 2), "prompts": [{"text": "dog"}]}, format="json")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_unavailable"
+        assert worker.reason in response.json()["error"]["message"]
+    finally:
+        workers.stop()
+
+
+def test_two_workers_share_the_load_and_keep_cache_affinity(tiny_checkpoint: Path, tmp_path: Path, alice) -> None:  # noqa: ANN001
+    workers = launch_workers(tmp_path, tiny_checkpoint, devices=("cpu", "cpu"))
+    try:
+        assert len(workers.names) == 2
+        served_by: dict[str, set[str]] = {}
+        for seed in range(8):
+            image_id = upload(alice.client, 100 + seed)
+            first, second = (
+                alice.client.post(SEGMENT, {"image": image_id, "prompts": [{"text": "dog"}]}, format="json").json()
+                for _ in range(2)
+            )
+            assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+            served_by[image_id] = {first["worker"], second["worker"]}
+        assert all(len(names) == 1 for names in served_by.values())  # each image always on the same worker
+        assert set().union(*served_by.values()) == set(workers.names)  # and both workers got images
+        ready = Client().get("/readyz").json()
+        assert ready["checks"]["model"]["ready_workers"] == 2
+    finally:
+        workers.stop()
+    assert read_registry() == []  # a stopped worker withdraws at once
+
+
+@pytest.mark.slow
+def test_embedded_mode_serves_segmentation_in_one_process(start_server, tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    server = start_server(
+        DATABASE_URL="", REDIS_URL="", DATA_DIR=str(tmp_path / "var"), SAM3_CHECKPOINT=str(tiny_checkpoint),
+    )
+    import time
+
+    deadline = time.monotonic() + 60
+    while (ready := requests.get(f"{server.url}/readyz", timeout=10)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ready.json()["checks"]["model"]["model"]["tiny_random"] is True
+    response = requests.post(
+        f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(7))},
+        data={"prompts": '[{"text": "dog"}, {"points": [[10, 10]]}]', "threshold": "0"}, timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["worker"].startswith("embedded@")
+    assert len(body["results"]) == 2 and body["results"][0]["instances"]
+    assert "meaningless" in body["model"]["warning"]
+    assert "tiny random-weight SAM3 is loaded" in server.log()
+
+
+@pytest.mark.slow
+def test_embedded_quick_start_writes_the_tiny_model_when_weights_are_missing(start_server, tmp_path: Path) -> None:  # noqa: ANN001
+    server = start_server(DATABASE_URL="", REDIS_URL="", DATA_DIR=str(tmp_path / "var"), SAM3_CHECKPOINT=str(tmp_path / "none"))
+    import time
+
+    deadline = time.monotonic() + 60
+    while requests.get(f"{server.url}/readyz", timeout=10).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert (tmp_path / "var" / "tiny-sam3" / "config.json").exists()
+    response = requests.post(f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(8))}, data={"prompts": '[{"text": "bus"}]'}, timeout=60)
+    assert response.status_code == 200 and response.json()["model"]["tiny_random"] is True
