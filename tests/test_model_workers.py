@@ -99,6 +99,7 @@ def test_embedded_mode_serves_segmentation_in_one_process(start_server, tiny_che
     deadline = time.monotonic() + 60
     while (ready := requests.get(f"{server.url}/readyz", timeout=10)).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.3)
+    assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["model"]["model"]["tiny_random"] is True
     response = requests.post(
         f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(7))},
