@@ -44,11 +44,8 @@ def redis_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = _clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_connect_timeout=2,
-            socket_timeout=settings.CONFIG.inference_timeout_seconds + 5,  # BLPOP waits up to the deadline
-        )
+        # No socket timeout: BLPOP waits on the server side, up to each call's own deadline.
+        client = _clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None)
     return client
 
 
@@ -85,17 +82,22 @@ async def _run_on_worker(job: ImageJob) -> dict[str, Any]:
     )
     if not admitted:
         raise Overloaded(f"Worker {worker.name} has {settings.CONFIG.inference_queue_limit} requests in hand.", retry_after=RETRY_AFTER_SECONDS)
-    reply_key = f"sam3:reply:{job.request_id}:{uuid.uuid4().hex}"
     try:
-        await sync_to_async(segment_image.apply_async, thread_sensitive=False)(
-            args=(job.to_message(), reply_key), queue=worker.queue, expires=job.deadline - time.time(),
-        )
-        remaining = job.deadline - time.time()
-        reply = await client.blpop([reply_key], timeout=max(0.1, remaining)) if remaining > 0 else None
+        return await call_worker(segment_image, queue=worker.queue, args=(job.to_message(),), deadline=job.deadline)
     finally:
         await client.zrem(inflight, job.request_id)
+
+
+async def call_worker(task: Any, *, queue: str, args: tuple, deadline: float) -> dict[str, Any]:
+    """Send ``task`` to one worker's queue and await its reply (a per-call Redis list) until ``deadline``."""
+    reply_key = f"sam3:reply:{uuid.uuid4().hex}"
+    await sync_to_async(task.apply_async, thread_sensitive=False)(
+        args=(*args, reply_key), queue=queue, expires=max(0.0, deadline - time.time())
+    )
+    allowed = deadline - time.time()
+    reply = await redis_client().blpop([reply_key], timeout=max(0.1, allowed)) if allowed > 0 else None
     if reply is None:
-        raise DeadlineExceeded(f"No result within {timeout:g}s (INFERENCE_TIMEOUT_SECONDS).")
+        raise DeadlineExceeded(f"The model worker did not answer within {max(0.0, allowed):.1f}s.")
     return _unwrap(json.loads(reply[1]))
 
 

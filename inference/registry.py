@@ -31,6 +31,7 @@ class WorkerInfo:
     beat_at: float
     started_at: float
     cache: dict[str, int]
+    sessions: int = 0  # live video sessions held in memory
 
     @property
     def age(self) -> float:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
@@ -60,6 +61,7 @@ class ModelRuntime:
         self.host = ModelHost(host_settings(device))
         self.scheduler = ModelScheduler(self.host, max_batch_size=settings.CONFIG.inference_max_batch_size)
         self.started_at = time.time()
+        self.session_count: Callable[[], int] = lambda: 0  # set by the video session manager
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -78,7 +80,7 @@ class ModelRuntime:
         return registry.WorkerInfo(
             name=self.name, queue=self.queue or "", device=self.device, state=self.host.state, reason=self.host.reason,
             model=self.host.identity, pending=self.scheduler.pending, beat_at=time.time(), started_at=self.started_at,
-            cache=self.host.cache.stats(),
+            cache=self.host.cache.stats(), sessions=self.session_count(),
         )
 
     def _heartbeat(self) -> None:

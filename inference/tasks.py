@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -15,7 +17,13 @@ from django.conf import settings
 from loguru import logger
 
 from inference.jobs import ImageJob
-from inference.runtime_process import WORKER_DEVICE_ENV, WORKER_QUEUE_ENV, current_runtime, start_runtime
+from inference.runtime_process import (
+    WORKER_DEVICE_ENV,
+    WORKER_QUEUE_ENV,
+    ModelRuntime,
+    current_runtime,
+    start_runtime,
+)
 from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, as_api_error
 
 REPLY_TTL_SECONDS = 120
@@ -40,16 +48,15 @@ def error_payload(error: ApiError) -> dict[str, Any]:
     return {"ok": False, "error": {"code": error.code, "message": error.message, "detail": error.detail, "status": error.status_code}}
 
 
-@shared_task(name="inference.segment_image", ignore_result=True)
-def segment_image(message: dict[str, Any], reply_key: str) -> None:
-    job = ImageJob.from_message(message)
+def reply_when_done(reply_key: str, submit: Callable[[ModelRuntime], Future], timeout: float, what: str) -> None:
+    """Run work on this worker's model thread and push the outcome (result or error body) to ``reply_key``."""
     runtime = current_runtime()
     try:
         if runtime is None:
             raise ModelUnavailable("This Celery worker hosts no model (start workers with manage.py run_workers).")
-        future = runtime.scheduler.submit_image(job)
+        future = submit(runtime)
         try:
-            result = future.result(timeout=max(0.0, job.deadline - time.time()) + 5)
+            result = future.result(timeout=timeout)
         except FutureTimeout:
             future.cancel()
             raise DeadlineExceeded() from None
@@ -57,11 +64,20 @@ def segment_image(message: dict[str, Any], reply_key: str) -> None:
     except Exception as error:  # noqa: BLE001 - every outcome is a reply
         mapped = as_api_error(error)
         if mapped is None:
-            logger.opt(exception=error).error("Job {} failed", job.request_id)
+            logger.opt(exception=error).error("{} failed", what)
             mapped = ApiError("Internal error in the model worker.", code="internal_error")
             mapped.status_code = 500
         payload = error_payload(mapped)
     send_reply(reply_key, payload)
+
+
+@shared_task(name="inference.segment_image", ignore_result=True)
+def segment_image(message: dict[str, Any], reply_key: str) -> None:
+    job = ImageJob.from_message(message)
+    reply_when_done(
+        reply_key, lambda runtime: runtime.scheduler.submit_image(job),
+        timeout=max(0.0, job.deadline - time.time()) + 5, what=f"Job {job.request_id}",
+    )
 
 
 @worker_ready.connect

@@ -72,6 +72,10 @@ class Config(BaseSettings):
     video_model_temporal_disambiguation: bool = Field(
         True, description="SAM3's temporal disambiguation heuristics during video tracking."
     )
+    video_detection_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Override the video model's detection and new-object score thresholds (unset: the checkpoint's).",
+    )
 
     # --- sessions ---
     max_concurrent_sessions: int = Field(10, ge=1, description="Open video sessions allowed at once, server-wide.")

@@ -1,5 +1,5 @@
 """Websocket routes of every app."""
 
-from django.urls import URLPattern
+from sessions.routing import websocket_urlpatterns as session_routes
 
-websocket_urlpatterns: list[URLPattern] = []
+websocket_urlpatterns = [*session_routes]

@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("accounts.urls")),
     path("", include("uploads.urls")),
     path("", include("segmentation.urls")),
+    path("", include("sessions.urls")),
 ]
 
 urlpatterns = [

@@ -24,6 +24,7 @@ class ApiRootView(APIView):
                 "users": link("user-list"),
                 "uploads": link("upload-list"),
                 "segment_image": link("segment-image"),
+                "sessions": link("session-list"),
                 "schema": link("schema"),
                 "docs": link("swagger-ui"),
             }

@@ -221,7 +221,7 @@ def launch_workers(
     redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
     metrics_port = free_port()
     env = {
-        **os.environ, "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent", "IMAGE_MODEL_DEVICE": "cpu",
+        **os.environ, "DATABASE_URL": _test_database_url(), "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent", "IMAGE_MODEL_DEVICE": "cpu",
         "WORKER_METRICS_PORT": str(metrics_port), "WORKER_HEARTBEAT_TIMEOUT_SECONDS": "4", **env_overrides,
     }
     log_path = log_dir / f"workers-{metrics_port}.log"
@@ -245,7 +245,9 @@ def launch_workers(
 
 
 @pytest.fixture(scope="module")
-def model_worker(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+def model_worker(
+    django_db_setup: None, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
     """One CPU model worker with the tiny SAM3, shared by a test module."""
     workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint)
     yield workers

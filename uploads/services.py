@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.move import file_move_safe
 from django.core.files.uploadedfile import UploadedFile
 
+from sam3site.errors import Conflict
 from uploads.models import Upload
 from uploads.probing import probe_media
 
@@ -46,6 +47,12 @@ def upload_create(*, owner: AbstractBaseUser, uploaded_file: UploadedFile) -> Up
 
 
 def upload_delete(*, upload: Upload) -> None:
+    from sessions.models import VideoSession
+
+    sessions = VideoSession.objects.filter(video=upload)
+    if sessions.filter(status__in=VideoSession.OPEN_STATUSES).exists():
+        raise Conflict("The video has open sessions; close them first.", code="video_in_use")
+    sessions.delete()  # ended sessions of this video (their result files are swept)
     path = upload.path
     upload.delete()
     path.unlink(missing_ok=True)

@@ -1,0 +1,203 @@
+"""Web side of video sessions: checks, the session record, and commands to the worker holding it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.services import quota_for
+from inference import dispatch
+from sam3site.errors import ApiError, Conflict, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable
+from sessions import events, selectors, services
+from sessions.models import SessionPrompt, VideoSession
+from sessions.tasks import COMMAND_TIMEOUT_SECONDS, session_command
+from uploads.models import Upload
+
+RETRY_AFTER_SECONDS = 2
+_SESSIONS_LOCK = 730_301  # advisory lock id serialising the session-limit check on Postgres
+
+
+class SessionRecovering(Unavailable):
+    code, message = "session_recovering", "The session's worker was lost; it is being rebuilt on another worker."
+
+
+def _lock_session_limits() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SESSIONS_LOCK])
+
+
+def _create_record(owner: AbstractBaseUser, video_id: Any, worker: str, queue: str) -> VideoSession:
+    video = Upload.objects.filter(pk=video_id, owner=owner).first()
+    if video is None:
+        raise NotFound(f"Upload {video_id} not found.", code="upload_not_found")
+    if video.kind != Upload.Kind.VIDEO:
+        raise InvalidInput(f"Upload {video_id} is an image; sessions need a video.", code="not_a_video")
+    with transaction.atomic():
+        _lock_session_limits()
+        open_sessions = selectors.open_sessions()
+        limit = settings.CONFIG.max_concurrent_sessions
+        if open_sessions.count() >= limit:
+            raise Unavailable(
+                f"The server has its maximum of {limit} open sessions (MAX_CONCURRENT_SESSIONS).",
+                code="too_many_sessions", retry_after=30,
+            )
+        own_limit = quota_for(owner).max_concurrent_sessions
+        if open_sessions.filter(owner=owner).count() >= own_limit:
+            raise RateLimited(
+                f"You have your maximum of {own_limit} open sessions; close one first.",
+                code="session_quota_exceeded", retry_after=30,
+            )
+        return VideoSession.objects.create(
+            owner=owner, video=video, worker=worker, worker_queue=queue, frame_count=video.frame_count or 0,
+            fps=video.fps, width=video.width, height=video.height,
+        )
+
+
+async def _choose_worker() -> tuple[str, str]:
+    if settings.EMBEDDED:
+        from inference.runtime_process import embedded_runtime
+
+        runtime = embedded_runtime()
+        if not runtime.host.ready:
+            raise ModelUnavailable(f"The model is {runtime.host.state}: {runtime.host.reason or 'loading'}")
+        return runtime.name, ""
+    from sessions.worker import serves_video
+
+    workers = [w for w in await dispatch.live_workers() if w.ready and serves_video(w.device)]
+    if not workers:
+        raise ModelUnavailable("No model worker serving video is ready.")
+    load = await sync_to_async(selectors.open_sessions_per_worker)()
+    chosen = min(workers, key=lambda w: (load.get(w.name, 0), w.name))  # spread sessions over the workers
+    return chosen.name, chosen.queue
+
+
+async def send(session: VideoSession, command: dict[str, Any], *, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict[str, Any]:
+    command = {**command, "session_id": str(session.pk)}
+    if settings.EMBEDDED:
+        from sessions.worker import require_manager
+
+        future = require_manager().execute(command)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise ApiError("The session command timed out.", code="command_timeout") from None
+    alive = {w.name for w in await dispatch.live_workers() if w.alive}
+    if session.worker not in alive or session.status == VideoSession.Status.RECOVERING:
+        raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)
+    try:
+        return await dispatch.call_worker(session_command, queue=session.worker_queue, args=(command,), deadline=time.time() + timeout)
+    except NotFound as error:
+        if error.code == "session_not_loaded":
+            raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS) from None
+        raise
+
+
+async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSession:
+    if not settings.CONFIG.video_model_enabled:
+        raise Unavailable("Video sessions are off (VIDEO_MODEL_ENABLED=False).", code="video_disabled")
+    worker, queue = await _choose_worker()
+    session = await sync_to_async(_create_record)(owner, video_id, worker, queue)
+    try:
+        opened = await send(session, {"op": "open", "video_path": str(session.video.path)})
+    except ApiError as error:
+        await sync_to_async(services.session_set_status)(session_id=str(session.pk), status=VideoSession.Status.FAILED, error=error.message)
+        raise
+    await sync_to_async(services.session_set_status)(
+        session_id=str(session.pk), status=VideoSession.Status.READY, frame_count=opened["frame_count"]
+    )
+    await sync_to_async(session.refresh_from_db)()
+    return session
+
+
+def _require_state(session: VideoSession, *allowed: str) -> None:
+    if session.status in allowed:
+        return
+    if session.status == VideoSession.Status.RECOVERING:
+        raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)
+    if not session.is_open:
+        raise Conflict(f"The session is {session.status}.", code=f"session_{session.status}")
+    raise Conflict(f"The session is {session.status}; wait for it or cancel the propagation.", code="session_busy")
+
+
+async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> dict[str, Any]:
+    _require_state(session, VideoSession.Status.READY)
+    if not 0 <= prompt["frame"] < session.frame_count:
+        raise InvalidInput(
+            f"Frame {prompt['frame']} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
+        )
+    result = await send(session, {"op": "prompt", "prompt": prompt})
+    logged = dict(prompt)
+    if prompt["kind"] == "points" and prompt.get("object_id") is None:
+        logged["object_id"] = None  # a new object: replay assigns the same id again, in order
+    await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=logged)
+    return result
+
+
+async def session_edit(*, session: VideoSession, kind: str, object_id: int | None = None) -> dict[str, Any]:
+    _require_state(session, VideoSession.Status.READY)
+    command = {"op": kind, **({"object_id": object_id} if object_id is not None else {})}
+    result = await send(session, command)
+    payload = {"object_id": object_id} if object_id is not None else {}
+    await sync_to_async(services.prompt_log_append)(session=session, kind=kind, frame_index=None, payload=payload)
+    return result
+
+
+async def session_propagate(
+    *, session: VideoSession, direction: str, start_frame: int | None, max_frames: int | None, resume: bool
+) -> dict[str, Any]:
+    _require_state(session, VideoSession.Status.READY)
+    previous = session.propagation
+    if resume:
+        if previous.get("state") not in ("interrupted", "cancelled") or previous.get("last_frame") is None:
+            raise Conflict("There is no interrupted propagation to resume.", code="nothing_to_resume")
+        direction = previous["direction"]
+        step = -1 if direction == "backward" else 1
+        start_frame = min(max(previous["last_frame"] + step, 0), session.frame_count - 1)
+        max_frames = previous.get("max_frames")
+    start_frame = 0 if start_frame is None else start_frame
+    if not 0 <= start_frame < session.frame_count:
+        raise InvalidInput(f"start_frame {start_frame} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range")
+    propagation = {
+        "direction": direction, "start_frame": start_frame, "max_frames": max_frames, "state": "running",
+        "frames_done": 0, "last_frame": None, "started_at": timezone.now().isoformat(), "finished_at": None,
+        "resumed": resume,
+    }
+    await sync_to_async(services.session_set_status)(
+        session_id=str(session.pk), status=VideoSession.Status.PROPAGATING, propagation=propagation
+    )
+    try:
+        await send(session, {"op": "propagate", "direction": direction, "start_frame": start_frame, "max_frames": max_frames})
+    except ApiError:  # refused (nothing to propagate, worker lost...): as if it had not been asked
+        await sync_to_async(services.session_set_status)(
+            session_id=str(session.pk), status=VideoSession.Status.READY, propagation=previous
+        )
+        raise
+    return propagation
+
+
+async def session_cancel(*, session: VideoSession) -> dict[str, Any]:
+    if session.status != VideoSession.Status.PROPAGATING:
+        raise Conflict("No propagation is running.", code="not_propagating")
+    return await send(session, {"op": "cancel"})
+
+
+async def session_close(*, session: VideoSession) -> None:
+    if session.is_open:
+        try:
+            await send(session, {"op": "close"}, timeout=30)
+        except ApiError:
+            pass  # a lost worker holds nothing any more; the record is what matters
+    await sync_to_async(services.session_set_status)(session_id=str(session.pk), status=VideoSession.Status.CLOSED)
+    await sync_to_async(services.session_files_remove)(session=session)
+    events.publish(str(session.pk), {"type": "status", "status": VideoSession.Status.CLOSED})
+
+
+PROMPT_KINDS = {SessionPrompt.Kind.TEXT, SessionPrompt.Kind.EXEMPLAR, SessionPrompt.Kind.POINTS}

@@ -1,0 +1,129 @@
+"""Websocket of one video session: per-frame results as they are computed, and commands.
+
+Authentication: the X-API-Key header (programs), or for browsers a single-use ticket from
+``POST /api/v1/sessions/<id>/ticket/`` as ``?ticket=`` or as the subprotocol ``ticket.<ticket>``.
+Only the session's owner may connect; origins are checked against ALLOWED_HOSTS.
+
+Server messages: ``frame``, ``progress``, ``done``, ``cancelled``, ``error``, ``status``, plus the
+answers to client commands (``prompt_result``, ``propagation``, ``cancelling``). Client messages:
+``{"type": "prompt", ...}``, ``{"type": "propagate", ...}``, ``{"type": "cancel"}``.
+
+Slow readers: events reach this consumer through the channel layer, whose per-channel buffer is
+bounded (CHANNEL_LAYERS capacity). When a reader falls that far behind, further events for it
+are dropped — server memory stays bounded — and the client sees a gap in frame indices; every
+frame is stored, so it fetches the gap from ``GET /api/v1/sessions/<id>/frames/?from_frame=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from rest_framework.exceptions import ValidationError
+
+from sam3site.errors import ApiError, as_api_error
+from sessions import commands, events, selectors
+from sessions.models import VideoSession
+from sessions.serializers import PropagateSerializer, VideoPromptSerializer
+from sessions.views import ticket_cache_key
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+TICKET_SUBPROTOCOL_PREFIX = "ticket."
+
+
+@database_sync_to_async
+def _redeem_ticket(ticket: str, session_id: str) -> Any:
+    key = ticket_cache_key(ticket)
+    grant = cache.get(key)
+    cache.delete(key)  # single use
+    if not grant or grant["session_id"] != session_id:
+        return None
+    return get_user_model().objects.filter(pk=grant["user_id"], is_active=True).first()
+
+
+@database_sync_to_async
+def _owned_session(user: Any, session_id: str) -> VideoSession | None:
+    return selectors.sessions_of(owner=user).filter(pk=session_id).first()
+
+
+def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class SessionConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        events.bind_server_loop(asyncio.get_running_loop())
+        self.session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
+        user = self.scope.get("user")
+        subprotocol = None
+        if user is None or not user.is_authenticated:
+            ticket = parse_qs(self.scope.get("query_string", b"").decode()).get("ticket", [None])[0]
+            offered = [p for p in self.scope.get("subprotocols", []) if p.startswith(TICKET_SUBPROTOCOL_PREFIX)]
+            if ticket is None and offered:
+                subprotocol = offered[0]
+                ticket = subprotocol.removeprefix(TICKET_SUBPROTOCOL_PREFIX)
+            user = await _redeem_ticket(ticket, self.session_id) if ticket else None
+        if user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        session = await _owned_session(user, self.session_id)
+        if session is None:
+            await self.close(code=CLOSE_NOT_FOUND)  # other clients' sessions do not exist for you
+            return
+        self.user = user
+        self.group = events.group_name(self.session_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept(subprotocol=subprotocol)
+        await self.send_json({"type": "status", "status": session.status, "frame_count": session.frame_count,
+                              "propagation": session.propagation})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        await self.send_json(message["event"])
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        try:
+            session = await _owned_session(self.user, self.session_id)
+            if session is None:
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            if kind == "prompt":
+                prompt = await sync_to_async(_validated)(VideoPromptSerializer, {k: v for k, v in content.items() if k != "type"})
+                result = await commands.session_prompt(session=session, prompt=prompt)
+                await self.send_json({"type": "prompt_result", **result})
+            elif kind == "propagate":
+                data = await sync_to_async(_validated)(PropagateSerializer, {k: v for k, v in content.items() if k != "type"})
+                propagation = await commands.session_propagate(
+                    session=session, direction=data["direction"], start_frame=data.get("start_frame"),
+                    max_frames=data.get("max_frames"), resume=data["resume"],
+                )
+                await self.send_json({"type": "propagation", **propagation})
+            elif kind == "cancel":
+                await self.send_json({"type": "cancelling", **await commands.session_cancel(session=session)})
+            else:
+                await self._error("invalid_message", 'Messages are JSON objects with "type": prompt, propagate or cancel.')
+        except (ApiError, ValidationError) as failure:
+            error = as_api_error(failure)
+            await self._error(error.code, error.message, error.detail)
+
+    async def decode_json(self, text_data: str) -> Any:
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return None  # answered as an invalid message, the socket stays open
+
+    async def _error(self, code: str, message: str, detail: Any = None) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, "detail": detail})

@@ -1,0 +1,27 @@
+"""A frame's objects as clients receive them (same shapes as the image API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inference.masks import encode_rle
+from inference.runtime.engine import Instances
+
+
+def frame_payload(frame: int, parts: list[Instances]) -> dict[str, Any]:
+    objects: list[dict[str, Any]] = []
+    for instances in parts:
+        if len(instances) == 0:
+            continue
+        masks = encode_rle(instances.masks)
+        ids = instances.object_ids.tolist() if instances.object_ids is not None else [None] * len(instances)
+        labels = instances.labels or [None] * len(instances)
+        for object_id, score, box, mask, label in zip(
+            ids, instances.scores.tolist(), instances.boxes.tolist(), masks, labels, strict=True
+        ):
+            item = {"id": object_id, "score": round(float(score), 6), "box": [round(float(v), 2) for v in box], "mask": mask}
+            if label is not None:
+                item["label"] = label
+            objects.append(item)
+    objects.sort(key=lambda item: (item["id"] is None, item["id"]))
+    return {"frame": frame, "objects": objects}

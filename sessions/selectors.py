@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, QuerySet
+
+from sessions.models import FrameResult, SessionPrompt, VideoSession
+
+
+def sessions_of(*, owner: AbstractBaseUser) -> QuerySet[VideoSession]:
+    return VideoSession.objects.filter(owner=owner).select_related("video")
+
+
+def open_sessions() -> QuerySet[VideoSession]:
+    return VideoSession.objects.filter(status__in=VideoSession.OPEN_STATUSES)
+
+
+def open_sessions_per_worker() -> dict[str, int]:
+    rows = open_sessions().values("worker").annotate(count=Count("id"))
+    return {row["worker"]: row["count"] for row in rows}
+
+
+def prompt_log(*, session: VideoSession) -> list[SessionPrompt]:
+    return list(SessionPrompt.objects.filter(session=session).order_by("sequence"))
+
+
+def frame_results(*, session: VideoSession) -> QuerySet[FrameResult]:
+    return FrameResult.objects.filter(session=session).order_by("frame_index")

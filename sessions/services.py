@@ -1,0 +1,106 @@
+"""Writes about video sessions: their records, prompt log, stored frame results and lifetime."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+from loguru import logger
+
+from sessions.models import FrameResult, SessionPrompt, VideoSession
+
+SESSIONS_DIR_NAME = "sessions"
+
+
+def session_output_dir(session_id: str) -> Path:
+    return Path(settings.OUTPUT_DIR) / SESSIONS_DIR_NAME / str(session_id)
+
+
+def session_touch(*, session_id: str) -> None:
+    VideoSession.objects.filter(pk=session_id).update(last_activity_at=timezone.now())
+
+
+def session_set_status(*, session_id: str, status: str, error: str = "", **fields: Any) -> None:
+    updates: dict[str, Any] = {"status": status, "last_activity_at": timezone.now(), **fields}
+    if error:
+        updates["error"] = error
+    if status in (VideoSession.Status.CLOSED, VideoSession.Status.EXPIRED):
+        updates["closed_at"] = timezone.now()
+    VideoSession.objects.filter(pk=session_id).update(**updates)
+
+
+def prompt_log_append(*, session: VideoSession, kind: str, frame_index: int | None, payload: dict[str, Any]) -> SessionPrompt:
+    with transaction.atomic():
+        last = SessionPrompt.objects.filter(session=session).aggregate(last=Max("sequence"))["last"]
+        entry = SessionPrompt.objects.create(
+            session=session, sequence=(last or 0) + 1, kind=kind, frame_index=frame_index, payload=payload
+        )
+        VideoSession.objects.filter(pk=session.pk).update(last_activity_at=timezone.now())
+    return entry
+
+
+def frame_result_store(*, session_id: str, payload: dict[str, Any]) -> None:
+    """Write a frame's objects under OUTPUT_DIR (atomically) and index it in the database."""
+    frame = payload["frame"]
+    directory = session_output_dir(session_id) / "frames"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{frame:06d}.json"
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(payload, separators=(",", ":")))
+    os.replace(partial, path)
+    FrameResult.objects.update_or_create(
+        session_id=session_id, frame_index=frame,
+        defaults={"object_count": len(payload["objects"]), "path": str(path.relative_to(settings.OUTPUT_DIR))},
+    )
+
+
+def frame_result_read(result: FrameResult) -> dict[str, Any]:
+    return json.loads((Path(settings.OUTPUT_DIR) / result.path).read_text())
+
+
+def propagation_update(*, session_id: str, **changes: Any) -> dict[str, Any]:
+    with transaction.atomic():
+        session = VideoSession.objects.select_for_update().get(pk=session_id)
+        session.propagation = {**session.propagation, **changes}
+        session.last_activity_at = timezone.now()
+        session.save(update_fields=["propagation", "last_activity_at"])
+    return session.propagation
+
+
+def session_files_remove(*, session: VideoSession) -> None:
+    shutil.rmtree(session_output_dir(str(session.pk)), ignore_errors=True)
+    VideoSession.objects.filter(pk=session.pk).update(files_removed=True)
+
+
+def session_claim(*, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:
+    """Take over a session whose worker died; exactly one claimant wins."""
+    claimed = VideoSession.objects.filter(
+        pk=session_id, worker=from_worker, status__in=VideoSession.OPEN_STATUSES
+    ).update(worker=to_worker, worker_queue=to_queue, status=VideoSession.Status.RECOVERING, last_activity_at=timezone.now())
+    return claimed == 1
+
+
+def sessions_sweep(*, dry_run: bool = False, now: dt.datetime | None = None) -> dict[str, list[str]]:
+    """Expire idle sessions and delete the files of ended ones. Idempotent; safe from cron and workers."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.CONFIG.session_timeout_seconds)
+    idle = VideoSession.objects.filter(status__in=VideoSession.OPEN_STATUSES, last_activity_at__lt=cutoff)
+    expired = [str(pk) for pk in idle.values_list("pk", flat=True)]
+    ended = VideoSession.objects.exclude(status__in=VideoSession.OPEN_STATUSES).filter(files_removed=False)
+    to_clean = [str(pk) for pk in ended.values_list("pk", flat=True)]
+    if not dry_run:
+        idle.filter(pk__in=expired).update(status=VideoSession.Status.EXPIRED, closed_at=now)
+        for session in VideoSession.objects.filter(pk__in=[*expired, *to_clean]):
+            session_files_remove(session=session)
+        if expired or to_clean:
+            logger.info("Session sweep: expired {}, cleaned {}", len(expired), len(set(expired) | set(to_clean)))
+    return {"expired": expired, "cleaned": sorted(set(expired) | set(to_clean))}
+

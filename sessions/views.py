@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from sam3site.errors import NotFound
+from sessions import commands, selectors, services
+from sessions.models import VideoSession
+from sessions.serializers import (
+    FrameResultSerializer,
+    ObjectSerializer,
+    PropagateSerializer,
+    SessionCreateSerializer,
+    VideoPromptSerializer,
+    VideoSessionDetailSerializer,
+    VideoSessionSerializer,
+)
+
+TICKET_SECONDS = 60
+
+
+def ticket_cache_key(ticket: str) -> str:
+    return f"ws-ticket:{ticket}"
+
+
+def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class SessionViewMixin:
+    def get_session(self, request: Request, session_id: Any) -> VideoSession:
+        session = selectors.sessions_of(owner=request.user).filter(pk=session_id).first()
+        if session is None:
+            raise NotFound(f"Session {session_id} not found.", code="session_not_found")
+        return session
+
+
+class SessionListView(SessionViewMixin, APIView):
+    """Your video sessions; POST opens one on an uploaded video."""
+
+    @extend_schema(responses=VideoSessionSerializer(many=True))
+    async def get(self, request: Request) -> Response:
+        def page() -> Response:
+            paginator = LimitOffsetPagination()
+            rows = paginator.paginate_queryset(selectors.sessions_of(owner=request.user), request, view=self)
+            return paginator.get_paginated_response(VideoSessionSerializer(rows, many=True).data)
+
+        return await sync_to_async(page)()
+
+    @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer})
+    async def post(self, request: Request) -> Response:
+        data = await sync_to_async(_validated)(SessionCreateSerializer, request.data)
+        session = await commands.session_open(owner=request.user, video_id=data["video"])
+        body = await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)()
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailView(SessionViewMixin, APIView):
+    @extend_schema(responses=VideoSessionDetailSerializer)
+    async def get(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        return Response(await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)())
+
+    @extend_schema(responses={204: None}, summary="Close the session (frees the worker's memory and the results)")
+    async def delete(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        await commands.session_close(session=session)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SessionPromptView(SessionViewMixin, APIView):
+    @extend_schema(request=VideoPromptSerializer, responses=FrameResultSerializer, summary="Prompt on a frame")
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        prompt = await sync_to_async(_validated)(VideoPromptSerializer, request.data)
+        return Response(await commands.session_prompt(session=session, prompt=prompt))
+
+
+class SessionRemoveObjectView(SessionViewMixin, APIView):
+    @extend_schema(request=ObjectSerializer, responses={200: None}, summary="Stop tracking an object")
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        data = await sync_to_async(_validated)(ObjectSerializer, request.data)
+        return Response(await commands.session_edit(session=session, kind="remove_object", object_id=data["object_id"]))
+
+
+class SessionResetView(SessionViewMixin, APIView):
+    @extend_schema(request=None, responses={200: None}, summary="Forget every prompt and object")
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        return Response(await commands.session_edit(session=session, kind="reset"))
+
+
+class SessionPropagateView(SessionViewMixin, APIView):
+    @extend_schema(request=PropagateSerializer, responses={202: None}, summary="Propagate (results stream over the websocket)")
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        data = await sync_to_async(_validated)(PropagateSerializer, request.data)
+        propagation = await commands.session_propagate(
+            session=session, direction=data["direction"], start_frame=data.get("start_frame"),
+            max_frames=data.get("max_frames"), resume=data["resume"],
+        )
+        return Response({"propagation": propagation}, status=status.HTTP_202_ACCEPTED)
+
+
+class SessionCancelView(SessionViewMixin, APIView):
+    @extend_schema(request=None, responses={202: None}, summary="Cancel the running propagation")
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        return Response(await commands.session_cancel(session=session), status=status.HTTP_202_ACCEPTED)
+
+
+class SessionFramesView(SessionViewMixin, APIView):
+    """Stored per-frame results, in frame order (everything propagation produced, even if no one listened)."""
+
+    @extend_schema(
+        responses=FrameResultSerializer(many=True),
+        parameters=[OpenApiParameter("from_frame", int), OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+    )
+    async def get(self, request: Request, session_id: str) -> Response:
+        def page() -> Response:
+            session = self.get_session(request, session_id)
+            rows = selectors.frame_results(session=session)
+            if (start := request.query_params.get("from_frame", "")).isdigit():
+                rows = rows.filter(frame_index__gte=int(start))
+            paginator = LimitOffsetPagination()
+            paginator.default_limit = 20
+            chosen = paginator.paginate_queryset(rows, request, view=self)
+            return paginator.get_paginated_response([services.frame_result_read(row) for row in chosen])
+
+        return await sync_to_async(page)()
+
+
+class SessionTicketView(SessionViewMixin, APIView):
+    """A single-use websocket ticket for browsers, which cannot send headers on websockets:
+    connect to ``/ws/sessions/<id>/?ticket=...`` within 60 s."""
+
+    @extend_schema(request=None, responses={201: None})
+    async def post(self, request: Request, session_id: str) -> Response:
+        session = await sync_to_async(self.get_session)(request, session_id)
+        ticket = secrets.token_urlsafe(24)
+        await sync_to_async(cache.set)(
+            ticket_cache_key(ticket), {"user_id": request.user.pk, "session_id": str(session.pk)}, TICKET_SECONDS
+        )
+        return Response({"ticket": ticket, "expires_in": TICKET_SECONDS}, status=status.HTTP_201_CREATED)

@@ -1,0 +1,74 @@
+"""Model worker side of video sessions: sweeping expired sessions out of memory, and rebuilding a
+session on a new worker after its worker is killed (kill -9) in the middle of a propagation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from sessions.models import FrameResult, VideoSession
+from tests.conftest import launch_workers, read_registry
+from tests.test_sessions import api, open_session, propagation_finished, wait_for, ws_url
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
+    workers = launch_workers(tmp_path, tiny_checkpoint, SESSION_CLEANUP_INTERVAL_SECONDS="1", SESSION_TIMEOUT_SECONDS="2")
+    try:
+        server = start_server()
+        session_id = open_session(server, alice)
+        assert read_registry()[0].sessions == 1
+        wait_for(lambda: VideoSession.objects.get(pk=session_id).status == "expired", timeout=30)
+        wait_for(lambda: read_registry()[0].sessions == 0, timeout=30)
+    finally:
+        workers.stop()
+
+
+def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
+    workers = launch_workers(tmp_path, tiny_checkpoint)
+    try:
+        server = start_server()
+        frames = 80
+        session_id = open_session(server, alice, frames=frames)
+        clicked = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "points": [[20, 20]]}).json()
+        with connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key}, open_timeout=10) as socket:
+            socket.recv(timeout=10)
+            assert api(server, alice.key, "POST", f"/sessions/{session_id}/propagate/", json={}).status_code == 202
+            wait_for(lambda: FrameResult.objects.filter(session_id=session_id).count() >= 3, timeout=60, every=0.05)
+            old_worker = VideoSession.objects.get(pk=session_id).worker
+            celery_pid = int(old_worker.rsplit(":", 1)[1])
+            os.kill(celery_pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            stored_before = FrameResult.objects.filter(session_id=session_id).count()
+
+            statuses = []
+            while "ready" not in statuses or "recovering" not in statuses:
+                message = json.loads(socket.recv(timeout=60))
+                if message["type"] == "status":
+                    statuses.append(message["status"])
+            recovered_in = time.monotonic() - killed_at
+        session = VideoSession.objects.get(pk=session_id)
+        assert session.worker != old_worker and session.status == "ready"
+        assert session.propagation["state"] == "interrupted"
+        assert recovered_in < 45
+        assert FrameResult.objects.filter(session_id=session_id).count() >= stored_before  # nothing lost
+        frames_page = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?limit=200").json()
+        assert frames_page["count"] >= stored_before
+        # the rebuilt session has the same object and can resume
+        VideoSession.objects.filter(pk=session_id).update(
+            propagation={**session.propagation, "last_frame": FrameResult.objects.filter(session_id=session_id).count() - 1}
+        )
+        assert api(server, alice.key, "POST", f"/sessions/{session_id}/propagate/", json={"resume": True}).status_code == 202
+        finished = wait_for(lambda: propagation_finished(server, alice.key, session_id), timeout=120)
+        assert finished["propagation"]["state"] == "done"
+        assert FrameResult.objects.filter(session_id=session_id).count() == frames
+        last = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?from_frame={frames - 1}").json()["results"][0]
+        assert [o["id"] for o in last["objects"]] == [clicked["object_id"]]
+    finally:
+        workers.stop()
