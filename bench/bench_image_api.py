@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import harness  # bench/ is sys.path[0] when run as a script; harness puts the repo root on sys.path
-from harness import CpuMeter, Stack, p50, p95, print_table
+from harness import Stack, p50, p95, print_table
 
 from bench.checkpoints import ensure_checkpoint
 
@@ -120,31 +120,38 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
     import requests
 
     stack.start_workers(ENABLE_FEATURE_CACHE="false", INFERENCE_MAX_BATCH_SIZE="1")
-    arrays, ids = images.upload(stack, WARMUP_REQUESTS + args.requests)
+    arrays, ids = images.upload(stack, WARMUP_REQUESTS + args.requests)  # cache off: a retry may reuse them
     baseline = InProcess(checkpoint, args.resolution)
-    http: list[dict[str, Any]] = []
-    base: list[dict[str, Any]] = []
-    meter = CpuMeter(stack)
-    deadline = time.monotonic() + args.time_limit
-    try:
+
+    def run(_: None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        http: list[dict[str, Any]] = []
+        base: list[dict[str, Any]] = []
+        deadline = time.monotonic() + args.time_limit
         with requests.Session() as session:
-            # Alternate HTTP and in-process on the same image, never at the same time (the worker is
-            # idle while the baseline runs): a busy neighbour on this shared machine then slows both
-            # alike instead of skewing the ratio. The order flips each time so neither always goes first.
+            # Alternate HTTP and in-process on the same image, never at the same time (the worker
+            # is idle while the baseline runs), so drift on this shared machine hits both alike.
+            # The order flips each time so neither always runs first.
             for index, (array, upload_id) in enumerate(zip(arrays, ids)):
                 if time.monotonic() > deadline:
                     print(f"  time limit reached after {index} images", file=sys.stderr)
                     break
-                pair = (lambda: http_record(stack, session, upload_id), lambda: baseline(array))
-                first, second = pair if index % 2 == 0 else pair[::-1]
-                results = (first(), second())
-                h, b = results if index % 2 == 0 else results[::-1]
+                if index % 2 == 0:
+                    h = http_record(stack, session, upload_id)
+                    b = baseline(array)
+                else:
+                    b = baseline(array)
+                    h = http_record(stack, session, upload_id)
                 if index >= WARMUP_REQUESTS:
                     http.append(h)
                     base.append(b)
+        return http, base
+
+    try:
+        (http, base), other, attempts = harness.measure_quietly(
+            stack, "(a)", lambda: None, run, args.max_other_cores, args.retries
+        )
     finally:
         baseline.close()
-    other = meter.other_cores()
     assert not any(r["cache_hit"] for r in http), "cache hit with ENABLE_FEATURE_CACHE=false"
 
     http_s, base_s = [r["seconds"] for r in http], [r["seconds"] for r in base]
@@ -174,29 +181,34 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
     instances = http[0]["instances"] if http else 0
     size = p50([r["response_bytes"] for r in http]) / 1024
     print(f"{instances} instances per request, response ~{size:.0f} KiB; other programs used {other:.2f} cores meanwhile")
-    return {"http": http, "in_process": base, "other_cores": other}
+    return {"http": http, "in_process": base, "other_cores": other, "attempts": attempts}
 
 
 def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dict[str, Any]:
     import requests
 
     stack.start_workers(ENABLE_FEATURE_CACHE="true", INFERENCE_MAX_BATCH_SIZE="1")
-    _, ids = images.upload(stack, 1 + args.requests)
-    cold: list[dict[str, Any]] = []
-    cached: list[dict[str, Any]] = []
-    meter = CpuMeter(stack)
-    deadline = time.monotonic() + args.time_limit
-    with requests.Session() as session:
-        # Each image twice in a row: the first request computes and caches the backbone, the second
-        # (the follow-up prompt) reuses it. The first pair is a warm-up.
-        for index, upload_id in enumerate(ids):
-            if time.monotonic() > deadline:
-                break
-            pair = http_record(stack, session, upload_id), http_record(stack, session, upload_id)
-            if index:
-                cold.append(pair[0])
-                cached.append(pair[1])
-    other = meter.other_cores()
+
+    def run(ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        cold: list[dict[str, Any]] = []
+        cached: list[dict[str, Any]] = []
+        deadline = time.monotonic() + args.time_limit
+        with requests.Session() as session:
+            # Each image twice in a row: the first request computes and caches the backbone, the
+            # second (the follow-up prompt) reuses it. The first pair is a warm-up.
+            for index, upload_id in enumerate(ids):
+                if time.monotonic() > deadline:
+                    break
+                pair = http_record(stack, session, upload_id), http_record(stack, session, upload_id)
+                if index:
+                    cold.append(pair[0])
+                    cached.append(pair[1])
+        return cold, cached
+
+    # New images on every attempt: a retry must start cold again.
+    (cold, cached), other, attempts = harness.measure_quietly(
+        stack, "(b)", lambda: images.upload(stack, 1 + args.requests)[1], run, args.max_other_cores, args.retries
+    )
     wrong = sum(r["cache_hit"] for r in cold) + sum(not r["cache_hit"] for r in cached)
     cold_s, cached_s = [r["seconds"] for r in cold], [r["seconds"] for r in cached]
     print_table(
@@ -211,7 +223,7 @@ def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dic
     print(f"other programs used {other:.2f} cores meanwhile")
     if wrong:
         print(f"WARNING: {wrong} requests had an unexpected cache_hit flag")
-    return {"cold": cold, "cached": cached, "unexpected_cache_flags": wrong, "other_cores": other}
+    return {"cold": cold, "cached": cached, "unexpected_cache_flags": wrong, "other_cores": other, "attempts": attempts}
 
 
 def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -> dict[str, Any]:
@@ -226,16 +238,22 @@ def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -
             harness.run_load(stack, warmup_ids, 1, args.time_limit)
             for concurrency in CONCURRENCY_LEVELS:
                 count = max(args.requests, 2 * concurrency)  # at least two waves, so batches can form
-                _, ids = images.upload(stack, count)
-                before, meter = worker_batch_stats(stack), CpuMeter(stack)
-                result = harness.run_load(stack, ids, concurrency, args.time_limit)
-                after, other = worker_batch_stats(stack), meter.other_cores()
-                forwards = after[1] - before[1]
+
+                def run(ids: list[str], concurrency: int = concurrency) -> tuple[harness.LoadResult, float]:
+                    before = worker_batch_stats(stack)
+                    result = harness.run_load(stack, ids, concurrency, args.time_limit)
+                    after = worker_batch_stats(stack)
+                    forwards = after[1] - before[1]
+                    return result, (after[0] - before[0]) / forwards if forwards else float("nan")
+
+                (result, mean_batch), other, attempts = harness.measure_quietly(
+                    stack, f"(c) batch {batch} concurrency {concurrency}",
+                    lambda: images.upload(stack, count)[1], run, args.max_other_cores, args.retries,
+                )
                 raw.append(
                     {
-                        "round": round_index, "max_batch_size": batch, **result.__dict__,
-                        "throughput": result.throughput, "other_cores": other,
-                        "mean_batch": (after[0] - before[0]) / forwards if forwards else float("nan"),
+                        "round": round_index, "max_batch_size": batch, **result.__dict__, "throughput": result.throughput,
+                        "other_cores": other, "attempts": attempts, "mean_batch": mean_batch,
                     }
                 )
 
@@ -280,6 +298,9 @@ def main() -> None:
     parser.add_argument("--sections", default="abc", help="which sections to run, e.g. 'a' or 'bc'")
     parser.add_argument("--time-limit", type=float, default=600, help="seconds per request loop before it stops sending")
     parser.add_argument("--request-timeout", type=float, default=600, help="client timeout and INFERENCE_TIMEOUT_SECONDS")
+    parser.add_argument("--max-other-cores", type=float, default=0.2,
+                        help="retry a measurement during which other programs used more cores than this")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by other programs")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
 

@@ -138,6 +138,45 @@ class CpuMeter:
         return max(0.0, other / ticks / elapsed) if elapsed > 0 else 0.0
 
 
+def wait_for_quiet(stack: Stack | None, max_other: float, window: float = 3.0, timeout: float = 120.0) -> float:
+    """Wait (at most ``timeout`` s) until other programs use at most ``max_other`` cores over ``window`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meter = CpuMeter(stack)
+        time.sleep(window)
+        other = meter.other_cores()
+        if other <= max_other or time.monotonic() > deadline:
+            return other
+
+
+def measure_quietly(
+    stack: Stack | None,
+    label: str,
+    prepare: Callable[[], Any],
+    run: Callable[[Any], Any],
+    max_other: float,
+    retries: int,
+) -> tuple[Any, float, int]:
+    """``run(prepare())`` on a quiet machine: (result, cores others used meanwhile, attempts).
+
+    On 2 shared cores a neighbour's burst does not cost its share but several times that (torch's
+    two OpenMP threads wait on each other whenever one is descheduled), so a measurement taken
+    while others were busy is retried (up to ``retries`` times) after waiting for quiet.
+    """
+    for attempt in range(1, retries + 2):
+        prepared = prepare()  # uploads etc. happen before the quiet check, not inside the measurement
+        wait_for_quiet(stack, max_other)
+        meter = CpuMeter(stack)
+        result = run(prepared)
+        other = meter.other_cores()
+        if other <= max_other or attempt > retries:
+            if other > max_other:
+                print(f"  {label}: other programs still used {other:.2f} cores; keeping this measurement", file=sys.stderr)
+            return result, other, attempt
+        print(f"  {label}: other programs used {other:.2f} cores meanwhile; measuring again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -119,7 +119,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 60},
+            # channels_redis waits up to 5 s in BZPOPMIN; redis-py's default 5 s socket timeout would
+            # race it, so the socket timeout is set above that.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 200, "expiry": 60},
         }
     }
 else:

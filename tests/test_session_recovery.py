@@ -19,11 +19,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
-    workers = launch_workers(tmp_path, tiny_checkpoint, SESSION_CLEANUP_INTERVAL_SECONDS="1", SESSION_TIMEOUT_SECONDS="2")
+    workers = launch_workers(tmp_path, tiny_checkpoint, SESSION_CLEANUP_INTERVAL_SECONDS="1", SESSION_TIMEOUT_SECONDS="5")
     try:
         server = start_server()
         session_id = open_session(server, alice)
-        assert read_registry()[0].sessions == 1
+        wait_for(lambda: read_registry()[0].sessions == 1, timeout=4)  # the heartbeat reports it
         wait_for(lambda: VideoSession.objects.get(pk=session_id).status == "expired", timeout=30)
         wait_for(lambda: read_registry()[0].sessions == 0, timeout=30)
     finally:
