@@ -123,7 +123,7 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
     arrays, ids = images.upload(stack, WARMUP_REQUESTS + args.requests)  # cache off: a retry may reuse them
     baseline = InProcess(checkpoint, args.resolution)
 
-    def run(_: None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def run(_: None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
         http: list[dict[str, Any]] = []
         base: list[dict[str, Any]] = []
         deadline = time.monotonic() + args.time_limit
@@ -144,10 +144,16 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
                 if index >= WARMUP_REQUESTS:
                     http.append(h)
                     base.append(b)
-        return http, base
+            # The fixed cost of an authenticated API call without inference, for the breakdown.
+            floor = []
+            for _ in range(min(20, args.requests)):
+                started = time.perf_counter()
+                session.get(f"{stack.url}/api/v1/me/", headers=stack.headers, timeout=30).raise_for_status()
+                floor.append(time.perf_counter() - started)
+        return http, base, floor
 
     try:
-        (http, base), other, attempts = harness.measure_quietly(
+        (http, base, floor), other, attempts = harness.measure_quietly(
             stack, "(a)", lambda: None, run, args.max_other_cores, args.retries
         )
     finally:
@@ -170,18 +176,21 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
         "(a') where the time goes (p50 ms)",
         ["part", "in-process", "server"],
         [
-            ["backbone + prompt (server: timings_ms.compute)", ms(p50([r["features"] + r["prompt"] for r in base])), p50(timings["compute"])],
+            ["backbone + prompt (server: timings_ms.compute)",
+             ms(p50([r["features"] + r["prompt"] for r in base])), p50(timings["compute"])],
             ["  of which backbone", ms(p50([r["features"] for r in base])), "-"],
-            ["RLE encoding (server: timings_ms.postprocess)", ms(p50([r["encode"] for r in base])), p50(timings["postprocess"])],
+            ["RLE encoding (server: timings_ms.postprocess)",
+             ms(p50([r["encode"] for r in base])), p50(timings["postprocess"])],
             ["queued in the worker (timings_ms.queued)", "-", p50(timings["queued"])],
             ["view, dispatch to reply (timings_ms.total)", "-", p50(timings["total"])],
             ["client wall time", ms(p50(base_s)), ms(p50(http_s))],
+            ["for scale: GET /api/v1/me/ (auth, no inference)", "-", ms(p50(floor))],
         ],
     )
     instances = http[0]["instances"] if http else 0
     size = p50([r["response_bytes"] for r in http]) / 1024
-    print(f"{instances} instances per request, response ~{size:.0f} KiB; other programs used {other:.2f} cores meanwhile")
-    return {"http": http, "in_process": base, "other_cores": other, "attempts": attempts}
+    print(f"{instances} instances per request, response ~{size:.0f} KiB; other programs used {other:.2f} cores")
+    return {"http": http, "in_process": base, "api_me_seconds": floor, "other_cores": other, "attempts": attempts}
 
 
 def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dict[str, Any]:
@@ -216,8 +225,10 @@ def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dic
         ["request", "p50 ms", "p95 ms", "server compute p50 ms"],
         [
             ["cold (new image)", ms(p50(cold_s)), ms(p95(cold_s)), p50([r["timings_ms"]["compute"] for r in cold])],
-            ["cached (same image again)", ms(p50(cached_s)), ms(p95(cached_s)), p50([r["timings_ms"]["compute"] for r in cached])],
-            ["speed-up (cold / cached)", f"{p50(cold_s) / p50(cached_s):.1f}x", f"{p95(cold_s) / p95(cached_s):.1f}x", "-"],
+            ["cached (same image again)", ms(p50(cached_s)), ms(p95(cached_s)),
+             p50([r["timings_ms"]["compute"] for r in cached])],
+            ["speed-up (cold / cached)", f"{p50(cold_s) / p50(cached_s):.1f}x",
+             f"{p95(cold_s) / p95(cached_s):.1f}x", "-"],
         ],
     )
     print(f"other programs used {other:.2f} cores meanwhile")
@@ -252,7 +263,8 @@ def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -
                 )
                 raw.append(
                     {
-                        "round": round_index, "max_batch_size": batch, **result.__dict__, "throughput": result.throughput,
+                        "round": round_index, "max_batch_size": batch, **result.__dict__,
+                        "throughput": result.throughput,
                         "other_cores": other, "attempts": attempts, "mean_batch": mean_batch,
                     }
                 )
@@ -267,7 +279,8 @@ def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -
             rows.append(
                 [
                     batch, concurrency, sum(r["sent"] for r in runs), ok, sum(sum(r["non_200"].values()) for r in runs),
-                    ok / wall, " / ".join(f"{r['throughput']:.2f}" for r in runs), ms(p50(latencies)), ms(p95(latencies)),
+                    ok / wall, " / ".join(f"{r['throughput']:.2f}" for r in runs),
+                    ms(p50(latencies)), ms(p95(latencies)),
                     p50([r["mean_batch"] for r in runs]), max(r["other_cores"] for r in runs),
                 ]
             )
@@ -296,8 +309,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of section (c), alternating the batch settings")
     parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT of the generated images")
     parser.add_argument("--sections", default="abc", help="which sections to run, e.g. 'a' or 'bc'")
-    parser.add_argument("--time-limit", type=float, default=600, help="seconds per request loop before it stops sending")
-    parser.add_argument("--request-timeout", type=float, default=600, help="client timeout and INFERENCE_TIMEOUT_SECONDS")
+    parser.add_argument("--time-limit", type=float, default=600, help="seconds a request loop may send for")
+    parser.add_argument("--request-timeout", type=float, default=600, help="client timeout, INFERENCE_TIMEOUT_SECONDS")
     parser.add_argument("--max-other-cores", type=float, default=0.2,
                         help="retry a measurement during which other programs used more cores than this")
     parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by other programs")
@@ -311,7 +324,7 @@ def main() -> None:
         | {"checkpoint": str(checkpoint), "text": TEXT, "threshold": THRESHOLD},
         "machine": harness.machine_info(),
     }
-    print(f"model {args.model} at {args.resolution} px, {width}x{height} images, {args.requests} requests per measurement")
+    print(f"model {args.model} at {args.resolution} px, {width}x{height} images, {args.requests} requests each")
     print(f"machine: {report['machine']}")
     started = time.perf_counter()
     images = Images(width, height)

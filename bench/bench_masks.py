@@ -1,5 +1,7 @@
 """(d) Mask post-processing: 100 instances at 1920x1080, plain path vs the server's.
 
+Runs where the model's masks would be: IMAGE_MODEL_DEVICE (default cpu; cuda:0 on a GPU machine).
+
 Input: what SAM3 hands post-processing, low-resolution mask probabilities [100, 288, 288] float32
 (288 = 4 * 1008 / 14 at the published input size), blob-like (sigmoid of smoothly upsampled noise)
 so the RLEs have realistic run counts. Both paths: bilinear upscale to 1080x1920
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +43,7 @@ from inference.runtime.engine import _MASK_UPSAMPLE_CHUNK
 
 INSTANCES, LOW_RES, HEIGHT, WIDTH = 100, 288, 1080, 1920
 MASK_THRESHOLD = 0.5
+DEVICE = torch.device(os.environ.get("IMAGE_MODEL_DEVICE", "cpu"))  # where the model's masks live
 
 
 def mask_probabilities(seed: int = 0) -> torch.Tensor:
@@ -47,18 +51,22 @@ def mask_probabilities(seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.randn(INSTANCES, 1, 9, 9, generator=generator) * 4 - 2  # ~30% of each mask set
     logits = F.interpolate(coarse, size=(LOW_RES, LOW_RES), mode="bicubic", align_corners=False)
-    return logits.squeeze(1).sigmoid().contiguous()
+    return logits.squeeze(1).sigmoid().contiguous().to(DEVICE)
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = function()
+    if DEVICE.type == "cuda":  # GPU work is asynchronous: wait for it before stopping the clock
+        torch.cuda.synchronize(DEVICE)
     return result, time.perf_counter() - started
 
 
 def plain_path(probabilities: torch.Tensor) -> tuple[list[dict[str, Any]], dict[str, float]]:
     def upscale() -> torch.Tensor:
-        upsampled = F.interpolate(probabilities.unsqueeze(0), size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False)
+        upsampled = F.interpolate(
+            probabilities.unsqueeze(0), size=(HEIGHT, WIDTH), mode="bilinear", align_corners=False
+        )
         return upsampled.squeeze(0) > MASK_THRESHOLD
 
     masks, up_s = timed(upscale)
@@ -95,7 +103,7 @@ def model_seconds_full(resolution: int, repeats: int = 2) -> dict[str, float]:
     from inference.runtime.engine import compute_image_features, segment_concept
     from inference.runtime.loader import load_sam3
 
-    loaded = load_sam3(ensure_checkpoint("full"), None, "cpu", resolution=resolution)
+    loaded = load_sam3(ensure_checkpoint("full"), None, str(DEVICE), resolution=resolution)
     image = harness.random_image(WIDTH, HEIGHT, seed=0)
     features_s, prompt_s = [], []
     for index, text in enumerate(("visual", "dog", "cat", "person", "bus")[: repeats + 1]):
@@ -124,32 +132,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each path (p50 reported)")
     parser.add_argument("--model-seconds", type=float, help="the model's time per image (backbone + prompt), seconds")
     parser.add_argument("--image-api-json", type=Path, help="take the model time from a bench_image_api.py --json file")
-    parser.add_argument("--measure-full", type=int, metavar="RESOLUTION", help="measure the full-size model at this input size")
+    parser.add_argument("--measure-full", type=int, metavar="RESOLUTION", help="time the full-size model at this size")
+    parser.add_argument("--max-other-cores", type=float, default=0.2,
+                        help="retry a measurement during which other programs used more cores than this")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by other programs")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
 
     report: dict[str, Any] = {"machine": harness.machine_info(), "repeats": args.repeats}
     print(f"machine: {report['machine']}")
     probabilities = mask_probabilities()
-    meter = harness.CpuMeter()
-
-    plain_runs, our_runs = [], []
-    for repeat in range(args.repeats + 1):  # the first of each is a warm-up (allocator, thread pools)
-        reference, plain = plain_path(probabilities)
-        ours, measured, masks = our_path(probabilities)
-        if repeat == 0:
-            assert ours == reference, "encode_rle differs from the plain pycocotools path"
-            coverage = float(masks.float().mean())
-            runs = [len(r["counts"]) for r in ours]
-            continue
-        plain_runs.append(plain)
-        our_runs.append(measured)
-
-    # The encoders alone, on the same bool masks.
-    ref_s = [timed(lambda: encode_rle_reference(masks))[1] for _ in range(args.repeats + 1)][1:]
-    our_s = [timed(lambda: encode_rle(masks))[1] for _ in range(args.repeats + 1)][1:]
+    reference, _ = plain_path(probabilities)
+    ours, _, masks = our_path(probabilities)
+    assert ours == reference, "encode_rle differs from the plain pycocotools path"
     assert encode_rle(masks) == encode_rle_reference(masks)
-    other = meter.other_cores()
+    coverage = float(masks.float().mean())
+    runs = [len(r["counts"]) for r in ours]
+
+    def measure(_: None) -> tuple[list[dict[str, float]], list[dict[str, float]], list[float], list[float]]:
+        plain_runs, our_runs = [], []
+        for repeat in range(args.repeats + 1):  # each first run is a warm-up (allocator, thread pools)
+            plain = plain_path(probabilities)[1]
+            measured = our_path(probabilities)[1]
+            if repeat:
+                plain_runs.append(plain)
+                our_runs.append(measured)
+        # The encoders alone, on the same bool masks.
+        ref_s = [timed(lambda: encode_rle_reference(masks))[1] for _ in range(args.repeats + 1)][1:]
+        our_s = [timed(lambda: encode_rle(masks))[1] for _ in range(args.repeats + 1)][1:]
+        return plain_runs, our_runs, ref_s, our_s
+
+    (plain_runs, our_runs, ref_s, our_s), other, _ = harness.measure_quietly(
+        None, "(d)", lambda: None, measure, args.max_other_cores, args.retries
+    )
 
     stages = ("upscale_threshold", "layout_copy", "encode")
     plain_p50 = {s: p50([r[s] for r in plain_runs]) for s in stages}
@@ -172,7 +187,8 @@ def main() -> None:
             ["upscale + threshold", plain_p50["upscale_threshold"] * ms, our_p50["upscale_threshold"] * ms,
              speedup(plain_p50["upscale_threshold"], our_p50["upscale_threshold"])],
             ["layout copy ([H,W,N] Fortran uint8)", plain_p50["layout_copy"] * ms, "none", "-"],
-            ["RLE encode", plain_p50["encode"] * ms, our_p50["encode"] * ms, speedup(plain_p50["encode"], our_p50["encode"])],
+            ["RLE encode", plain_p50["encode"] * ms, our_p50["encode"] * ms,
+             speedup(plain_p50["encode"], our_p50["encode"])],
             ["total", plain_total * ms, our_total * ms, speedup(plain_total, our_total)],
         ],
     )
@@ -191,7 +207,8 @@ def main() -> None:
         ],
     )
     report.update(
-        plain=plain_runs, ours=our_runs, encode_reference=ref_s, encode_ours=our_s, coverage=coverage, other_cores=other,
+        plain=plain_runs, ours=our_runs, encode_reference=ref_s, encode_ours=our_s,
+        coverage=coverage, other_cores=other,
     )
 
     model: dict[str, Any] | None = None
@@ -200,7 +217,11 @@ def main() -> None:
     elif args.image_api_json is not None:
         model = {**model_seconds_from_json(args.image_api_json), "source": str(args.image_api_json)}
     elif args.measure_full is not None:
-        model = {**model_seconds_full(args.measure_full), "source": "measured (full-size random SAM3, CPU)"}
+        measured, _, _ = harness.measure_quietly(
+            None, "model time", lambda: None, lambda _: model_seconds_full(args.measure_full),
+            args.max_other_cores, args.retries,
+        )
+        model = {**measured, "source": f"full-size random SAM3 at {args.measure_full} px, measured now"}
     if model is not None:
         per_image = model["features"] + model["prompt"]
         print_table(

@@ -67,7 +67,8 @@ def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
     print(f"\n### {title}\n")
     for index, row in enumerate(cells):
         # Labels (first column, header) left, figures right.
-        print("| " + " | ".join(c.ljust(w) if index == 0 or i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |")
+        aligned = (c.ljust(w) if index == 0 or i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        print("| " + " | ".join(aligned) + " |")
         if index == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     sys.stdout.flush()
@@ -171,7 +172,7 @@ def measure_quietly(
         other = meter.other_cores()
         if other <= max_other or attempt > retries:
             if other > max_other:
-                print(f"  {label}: other programs still used {other:.2f} cores; keeping this measurement", file=sys.stderr)
+                print(f"  {label}: other programs still used {other:.2f} cores; kept anyway", file=sys.stderr)
             return result, other, attempt
         print(f"  {label}: other programs used {other:.2f} cores meanwhile; measuring again", file=sys.stderr)
     raise AssertionError("unreachable")
@@ -310,7 +311,8 @@ class Stack:
         client.delete(WORKERS_KEY)
         self.worker_env = {"WORKER_METRICS_PORT": str(free_port()), **overrides}
         log = f"workers-{int(time.time())}.log"
-        self.workers = self._spawn(["run_workers", "--devices", self.env["IMAGE_MODEL_DEVICE"]], {**self.env, **self.worker_env}, log)
+        command = ["run_workers", "--devices", self.env["IMAGE_MODEL_DEVICE"]]
+        self.workers = self._spawn(command, {**self.env, **self.worker_env}, log)
 
         def ready() -> bool:
             entries = [json.loads(v) for v in client.hgetall(WORKERS_KEY).values()]
@@ -368,11 +370,15 @@ class Stack:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, images))
 
-    def segment(self, session: Any, upload_id: str, text: str = "dog", threshold: float = 0.0) -> tuple[int, float, dict[str, Any] | None, int]:
+    def segment(
+        self, session: Any, upload_id: str, text: str = "dog", threshold: float = 0.0
+    ) -> tuple[int, float, dict[str, Any] | None, int]:
         """One segmentation request by upload id: (status, client wall seconds, body if 200, response bytes)."""
         payload = {"image": upload_id, "prompts": [{"text": text}], "threshold": threshold}
         started = time.perf_counter()
-        response = session.post(f"{self.url}/api/v1/segment/", headers=self.headers, json=payload, timeout=self.request_timeout)
+        response = session.post(
+            f"{self.url}/api/v1/segment/", headers=self.headers, json=payload, timeout=self.request_timeout
+        )
         body = response.content  # read fully before stopping the clock
         elapsed = time.perf_counter() - started
         return response.status_code, elapsed, json.loads(body) if response.status_code == 200 else None, len(body)

@@ -156,12 +156,8 @@ async def session_propagate(
     _require_state(session, VideoSession.Status.READY)
     previous = session.propagation
     if resume:
-        if previous.get("state") not in ("interrupted", "cancelled") or previous.get("last_frame") is None:
-            raise Conflict("There is no interrupted propagation to resume.", code="nothing_to_resume")
-        direction = previous["direction"]
-        step = -1 if direction == "backward" else 1
-        start_frame = min(max(previous["last_frame"] + step, 0), session.frame_count - 1)
-        max_frames = previous.get("max_frames")
+        start_frame, direction = await sync_to_async(_resume_point)(session)
+        max_frames = None
     start_frame = 0 if start_frame is None else start_frame
     if not 0 <= start_frame < session.frame_count:
         raise InvalidInput(f"start_frame {start_frame} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range")
@@ -181,6 +177,23 @@ async def session_propagate(
         )
         raise
     return propagation
+
+
+def _resume_point(session: VideoSession) -> tuple[int, str]:
+    """Where an interrupted or cancelled propagation goes on: after its last stored frame, same way."""
+    previous = session.propagation
+    if previous.get("state") not in ("interrupted", "cancelled"):
+        raise Conflict("There is no interrupted or cancelled propagation to resume.", code="nothing_to_resume")
+    stored = selectors.frame_results(session=session).values_list("frame_index", flat=True)
+    if previous["direction"] == "backward":
+        reached = min((f for f in stored if f <= previous["start_frame"]), default=previous["start_frame"] + 1)
+        start, direction = reached - 1, "backward"
+    else:  # forward, or the forward part of "both"
+        reached = max((f for f in stored if f >= previous["start_frame"]), default=previous["start_frame"] - 1)
+        start, direction = reached + 1, "forward"
+    if not 0 <= start < session.frame_count:
+        raise Conflict("The interrupted propagation had already reached the end of the video.", code="nothing_to_resume")
+    return start, direction
 
 
 async def session_cancel(*, session: VideoSession) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Pushing session events to websocket clients through the channel layer, one group per session.
 
-The model thread is not an event loop, so events go through a loop of their own: a background
-loop thread with Redis, or, on the embedded default, the server's own loop (the in-memory layer's
-queues belong to it and must not be touched from another loop).
+The model thread is not an event loop, so events go through a loop of their own — a background
+loop thread with Redis or, on the embedded default, the server's own loop (the in-memory layer's
+queues belong to it) — and through one queue drained by one task, so they arrive in the order
+they were published.
 """
 
 from __future__ import annotations
@@ -15,7 +16,39 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from loguru import logger
 
-_loop: asyncio.AbstractEventLoop | None = None
+MAX_PENDING_EVENTS = 10_000  # if the channel layer stalls, newer events are dropped (results are stored anyway)
+
+
+class _Publisher:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] | None = None
+        loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self.queue = asyncio.Queue(MAX_PENDING_EVENTS)
+        self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            group, event = await self.queue.get()  # type: ignore[union-attr]
+            try:
+                await layer.group_send(group, {"type": "session.event", "event": event})
+            except Exception as error:  # noqa: BLE001 - never stop draining
+                logger.warning("Session event not delivered: {}", error)
+
+    def put(self, group: str, event: dict[str, Any]) -> None:
+        def enqueue() -> None:
+            try:
+                self.queue.put_nowait((group, event))  # type: ignore[union-attr]
+            except asyncio.QueueFull:
+                logger.warning("Session event dropped: the channel layer is not keeping up")
+
+        self.loop.call_soon_threadsafe(enqueue)
+
+
+_publisher: _Publisher | None = None
 _lock = threading.Lock()
 
 
@@ -25,31 +58,24 @@ def group_name(session_id: str) -> str:
 
 def bind_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Embedded default: events go through the loop the websocket consumers run on."""
-    global _loop
-    if settings.EMBEDDED:
-        _loop = loop
-
-
-def _publisher_loop() -> asyncio.AbstractEventLoop | None:
-    global _loop
+    global _publisher
     with _lock:
-        if _loop is None and not settings.EMBEDDED:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="session-events", daemon=True).start()
-        return _loop
+        if settings.EMBEDDED and _publisher is None:
+            _publisher = _Publisher(loop)
 
 
-def publish(session_id: str, event: dict[str, Any], *, wait: bool = False) -> None:
-    """Send ``event`` to the session's websocket clients. Never raises: results are stored anyway."""
-    loop = _publisher_loop()
-    if loop is None:
-        return  # embedded default with no websocket connected yet: nobody to tell
-    layer = get_channel_layer()
-    future = asyncio.run_coroutine_threadsafe(
-        layer.group_send(group_name(session_id), {"type": "session.event", "event": event}), loop
-    )
-    if wait:
-        try:
-            future.result(timeout=5)
-        except Exception as error:  # noqa: BLE001
-            logger.warning("Session event not delivered: {}", error)
+def _current_publisher() -> _Publisher | None:
+    global _publisher
+    with _lock:
+        if _publisher is None and not settings.EMBEDDED:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="session-events", daemon=True).start()
+            _publisher = _Publisher(loop)
+        return _publisher
+
+
+def publish(session_id: str, event: dict[str, Any]) -> None:
+    """Send ``event`` to the session's websocket clients, in order. Never raises or blocks."""
+    publisher = _current_publisher()
+    if publisher is not None:  # None: embedded default with no websocket connected yet, nobody to tell
+        publisher.put(group_name(session_id), event)

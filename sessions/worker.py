@@ -121,7 +121,7 @@ class SessionManager:
     # --- propagation ---
 
     def _propagation(self, session_id: str, live: LiveSession, frames: Iterator[FrameObjects | None]):  # noqa: ANN202
-        done = 0
+        done, last_frame = 0, None
         state, error = "done", ""
         events.publish(session_id, {"type": "status", "status": VideoSession.Status.PROPAGATING})
         try:
@@ -134,7 +134,7 @@ class SessionManager:
                     continue
                 payload = frame_payload(item.frame, item.instances)
                 services.frame_result_store(session_id=session_id, payload=payload)
-                done += 1
+                done, last_frame = done + 1, item.frame
                 events.publish(session_id, {"type": "frame", **payload})
                 if done % PROGRESS_EVERY_FRAMES == 0:
                     services.propagation_update(session_id=session_id, frames_done=done, last_frame=item.frame)
@@ -145,7 +145,8 @@ class SessionManager:
             state, error = "failed", f"{type(failure).__name__}: {failure}"
         finally:
             services.propagation_update(
-                session_id=session_id, state=state, frames_done=done, finished_at=timezone.now().isoformat(),
+                session_id=session_id, state=state, frames_done=done, last_frame=last_frame,
+                finished_at=timezone.now().isoformat(),
                 **({"error": error} if error else {}),
             )
             services.session_set_status(session_id=session_id, status=VideoSession.Status.READY)
