@@ -282,3 +282,20 @@ def server_database_url() -> str:
     from tests.conftest import _test_database_url
 
     return _test_database_url()
+
+
+def test_admin_lists_sessions_and_closes_them(server, alice, admin_user) -> None:  # noqa: ANN001
+    from django.test import Client
+
+    session_id = open_session(server, alice)
+    browser = Client()
+    browser.force_login(admin_user)
+    page = browser.get("/admin/video_sessions/videosession/").content.decode()
+    assert session_id in page and "alice" in page and "ready" in page
+    assert browser.get(f"/admin/video_sessions/videosession/{session_id}/change/").status_code == 200
+    response = browser.post(
+        "/admin/video_sessions/videosession/", {"action": "close_selected", "_selected_action": [session_id]}, follow=True
+    )
+    assert "Closed 1 session(s)." in response.content.decode()
+    assert VideoSession.objects.get(pk=session_id).status == "closed"
+    wait_for(lambda: sum(w.sessions for w in read_registry()) == 0)
