@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from pycocotools import mask as coco_mask
 
-from inference.jobs import MASK_FORMATS
 
 RLE = dict[str, Any]  # {"size": [height, width], "counts": str}
 

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from accounts.services import quota_for
 from inference import dispatch
 from inference.metrics import REQUESTS
+from sam3site.api import validated
 from sam3site.errors import ApiError
 from segmentation import services
 from segmentation.serializers import SegmentRequestSerializer, SegmentResponseSerializer
@@ -60,7 +61,7 @@ class SegmentImageView(APIView):
         return response
 
     async def _segment(self, request: Request, started: float) -> Response:
-        data = await sync_to_async(_validated, thread_sensitive=False)(request)
+        data = await sync_to_async(validated, thread_sensitive=False)(SegmentRequestSerializer, request.data)
         if "image" in data:
             image = await sync_to_async(services.image_from_upload)(owner=request.user, upload_id=data["image"])
         else:  # probing decodes the image: off the event loop
@@ -73,9 +74,3 @@ class SegmentImageView(APIView):
                 services.inline_image_discard(image)
         result["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
         return Response(result)
-
-
-def _validated(request: Request) -> dict[str, Any]:
-    serializer = SegmentRequestSerializer(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data

@@ -2,7 +2,8 @@
 
 Authentication: the X-API-Key header (programs), or for browsers a single-use ticket from
 ``POST /api/v1/sessions/<id>/ticket/`` as ``?ticket=`` or as the subprotocol ``ticket.<ticket>``.
-Only the session's owner may connect; origins are checked against ALLOWED_HOSTS.
+Only the session's owner may connect (anyone else's handshake is refused with HTTP 403, as a
+missing key is); origins are checked against ALLOWED_HOSTS.
 
 Server messages: ``frame``, ``progress``, ``done``, ``cancelled``, ``error``, ``status``, plus the
 answers to client commands (``prompt_result``, ``propagation``, ``cancelling``). Client messages:
@@ -27,14 +28,13 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.exceptions import ValidationError
 
+from sam3site.api import validated
 from sam3site.errors import ApiError, as_api_error
 from sessions import commands, events, selectors
 from sessions.models import VideoSession
 from sessions.serializers import PropagateSerializer, VideoPromptSerializer
 from sessions.views import ticket_cache_key
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_NOT_FOUND = 4404
 TICKET_SUBPROTOCOL_PREFIX = "ticket."
 
 
@@ -53,12 +53,6 @@ def _owned_session(user: Any, session_id: str) -> VideoSession | None:
     return selectors.sessions_of(owner=user).filter(pk=session_id).first()
 
 
-def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
 class SessionConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         events.bind_server_loop(asyncio.get_running_loop())
@@ -73,11 +67,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 ticket = subprotocol.removeprefix(TICKET_SUBPROTOCOL_PREFIX)
             user = await _redeem_ticket(ticket, self.session_id) if ticket else None
         if user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
         session = await _owned_session(user, self.session_id)
         if session is None:
-            await self.close(code=CLOSE_NOT_FOUND)  # other clients' sessions do not exist for you
+            await self.close()  # other clients' sessions do not exist for you: refused like a bad key
             return
         self.user = user
         self.group = events.group_name(self.session_id)
@@ -98,14 +92,14 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         try:
             session = await _owned_session(self.user, self.session_id)
             if session is None:
-                await self.close(code=CLOSE_NOT_FOUND)
+                await self.close()
                 return
             if kind == "prompt":
-                prompt = await sync_to_async(_validated)(VideoPromptSerializer, {k: v for k, v in content.items() if k != "type"})
+                prompt = await sync_to_async(validated)(VideoPromptSerializer, {k: v for k, v in content.items() if k != "type"})
                 result = await commands.session_prompt(session=session, prompt=prompt)
                 await self.send_json({"type": "prompt_result", **result})
             elif kind == "propagate":
-                data = await sync_to_async(_validated)(PropagateSerializer, {k: v for k, v in content.items() if k != "type"})
+                data = await sync_to_async(validated)(PropagateSerializer, {k: v for k, v in content.items() if k != "type"})
                 propagation = await commands.session_propagate(
                     session=session, direction=data["direction"], start_frame=data.get("start_frame"),
                     max_frames=data.get("max_frames"), resume=data["resume"],

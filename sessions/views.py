@@ -12,6 +12,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from sam3site.api import validated
 from sam3site.errors import NotFound
 from sessions import commands, selectors, services
 from sessions.models import VideoSession
@@ -30,12 +31,6 @@ TICKET_SECONDS = 60
 
 def ticket_cache_key(ticket: str) -> str:
     return f"ws-ticket:{ticket}"
-
-
-def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 class SessionViewMixin:
@@ -60,7 +55,7 @@ class SessionListView(SessionViewMixin, APIView):
 
     @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer})
     async def post(self, request: Request) -> Response:
-        data = await sync_to_async(_validated)(SessionCreateSerializer, request.data)
+        data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
         session = await commands.session_open(owner=request.user, video_id=data["video"])
         body = await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)()
         return Response(body, status=status.HTTP_201_CREATED)
@@ -83,7 +78,7 @@ class SessionPromptView(SessionViewMixin, APIView):
     @extend_schema(request=VideoPromptSerializer, responses=FrameResultSerializer, summary="Prompt on a frame")
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
-        prompt = await sync_to_async(_validated)(VideoPromptSerializer, request.data)
+        prompt = await sync_to_async(validated)(VideoPromptSerializer, request.data)
         return Response(await commands.session_prompt(session=session, prompt=prompt))
 
 
@@ -91,7 +86,7 @@ class SessionRemoveObjectView(SessionViewMixin, APIView):
     @extend_schema(request=ObjectSerializer, responses={200: None}, summary="Stop tracking an object")
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
-        data = await sync_to_async(_validated)(ObjectSerializer, request.data)
+        data = await sync_to_async(validated)(ObjectSerializer, request.data)
         return Response(await commands.session_edit(session=session, kind="remove_object", object_id=data["object_id"]))
 
 
@@ -106,7 +101,7 @@ class SessionPropagateView(SessionViewMixin, APIView):
     @extend_schema(request=PropagateSerializer, responses={202: None}, summary="Propagate (results stream over the websocket)")
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
-        data = await sync_to_async(_validated)(PropagateSerializer, request.data)
+        data = await sync_to_async(validated)(PropagateSerializer, request.data)
         propagation = await commands.session_propagate(
             session=session, direction=data["direction"], start_frame=data.get("start_frame"),
             max_frames=data.get("max_frames"), resume=data["resume"],

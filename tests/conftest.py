@@ -166,12 +166,17 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            os.killpg(server.process.pid, 15)
-            try:
-                server.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.process.pid, 9)
+        stop_process_group(server.process)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the group (a supervisor and its children), SIGKILL what is left after 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
 
 
 # --- the tiny SAM3 and real model workers ---
@@ -194,12 +199,7 @@ class Workers:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
+        stop_process_group(self.process)
 
 
 def read_registry() -> list:

@@ -16,7 +16,6 @@ from loguru import logger
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
-from accounts.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 ME = "/api/v1/me/"
