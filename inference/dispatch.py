@@ -21,7 +21,7 @@ from django.conf import settings
 from inference import registry
 from inference.jobs import ImageJob
 from inference.runtime_process import embedded_runtime
-from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, Overloaded
+from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, Overloaded, Unavailable
 
 INFLIGHT_KEY = "sam3:inflight:{queue}"
 RETRY_AFTER_SECONDS = 2
@@ -62,6 +62,8 @@ def _unavailable(workers: list[registry.WorkerInfo]) -> ModelUnavailable:
 
 
 async def run_image_job(job: ImageJob) -> dict[str, Any]:
+    if not settings.CONFIG.image_model_enabled:
+        raise Unavailable("Image segmentation is off (IMAGE_MODEL_ENABLED=False).", code="image_disabled")
     if settings.EMBEDDED:
         return await _run_embedded(job)
     return await _run_on_worker(job)

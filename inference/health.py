@@ -8,7 +8,7 @@ from inference.runtime_process import current_runtime
 
 
 def check_model() -> tuple[bool, dict]:
-    if not settings.CONFIG.image_model_enabled:
+    if not (settings.CONFIG.image_model_enabled or settings.CONFIG.video_model_enabled):
         return True, {"state": "disabled"}
     if settings.EMBEDDED:
         runtime = current_runtime()

@@ -68,7 +68,7 @@ class ModelHost:
 
     def load(self) -> None:
         if not self.settings.enabled:
-            self.state, self.reason = "disabled", "IMAGE_MODEL_ENABLED is False"
+            self.state, self.reason = "disabled", "IMAGE_MODEL_ENABLED and VIDEO_MODEL_ENABLED are False"
             return
         checkpoint = self.settings.checkpoint
         bpe_path = self.settings.bpe_path

@@ -23,6 +23,7 @@ from inference.metrics import WORKERS_UP
 if TYPE_CHECKING:
     from inference.host import HostSettings
 
+EXIT_MODEL_REQUIRED = 78  # EX_CONFIG: VIDEO_MODEL_REQUIRED and the model did not load; supervisors give up
 WORKER_DEVICE_ENV = "SAM3_WORKER_DEVICE"
 WORKER_QUEUE_ENV = "SAM3_WORKER_QUEUE"
 
@@ -38,11 +39,12 @@ def host_settings(device: str) -> HostSettings:
         checkpoint=config.sam3_checkpoint,
         bpe_path=config.sam3_bpe_path,
         device=device,
-        compile=config.image_model_compile,
+        # One backbone serves images and video, so either flag compiles it.
+        compile=config.image_model_compile or (config.video_model_enabled and config.video_model_compile),
         # The checkpoint's own input size unless IMAGE_MODEL_RESOLUTION is set explicitly
         # (its default, 1008, is the published model's size).
         resolution=config.image_model_resolution if "image_model_resolution" in config.model_fields_set else None,
-        enabled=config.image_model_enabled,
+        enabled=config.image_model_enabled or config.video_model_enabled,
         cache_bytes=config.max_cache_size_mb * 1024 * 1024 if config.enable_feature_cache else 0,
         cache_ttl_seconds=config.feature_cache_ttl_seconds,
         max_batch_size=config.inference_max_batch_size,
@@ -66,9 +68,16 @@ class ModelRuntime:
 
     def start(self) -> None:
         self.scheduler.start(load=True)
+        self.scheduler.call(self._refuse_to_run_without_required_model)
         if self.queue is not None:
             threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._report_up, name="up-gauge", daemon=True).start()
+
+    def _refuse_to_run_without_required_model(self) -> None:
+        config = settings.CONFIG
+        if config.video_model_required and config.video_model_enabled and not self.host.ready:
+            logger.critical("VIDEO_MODEL_REQUIRED is set and the model did not load ({}); stopping", self.host.reason)
+            os._exit(EXIT_MODEL_REQUIRED)  # from the model thread: the whole process must go
 
     def stop(self) -> None:
         self._stop.set()

@@ -124,3 +124,42 @@ def test_embedded_quick_start_writes_the_tiny_model_when_weights_are_missing(sta
     assert (tmp_path / "var" / "tiny-sam3" / "config.json").exists()
     response = requests.post(f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(8))}, data={"prompts": '[{"text": "bus"}]'}, timeout=60)
     assert response.status_code == 200 and response.json()["model"]["tiny_random"] is True
+
+
+def test_video_model_required_stops_the_workers_when_the_model_cannot_load(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    env = {
+        **os.environ, "SAM3_CHECKPOINT": str(tmp_path / "missing"), "VIDEO_MODEL_REQUIRED": "true",
+        "IMAGE_MODEL_DEVICE": "cpu", "WORKER_METRICS_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "run_workers"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 78
+    assert "VIDEO_MODEL_REQUIRED is set and the model did not load" in result.stderr
+
+
+def test_image_model_disabled_answers_503(alice, monkeypatch) -> None:  # noqa: ANN001
+    from django.conf import settings
+
+    monkeypatch.setattr(settings.CONFIG, "image_model_enabled", False)
+    response = alice.client.post(SEGMENT, {"image": upload(alice.client, 9), "prompts": [{"text": "dog"}]}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "image_disabled"
+
+
+def test_video_model_disabled_refuses_sessions(alice, monkeypatch) -> None:  # noqa: ANN001
+    from django.conf import settings
+
+    from tests.conftest import mp4_bytes
+
+    monkeypatch.setattr(settings.CONFIG, "video_model_enabled", False)
+    video = alice.client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("v.mp4", mp4_bytes())}, format="multipart").json()["id"]
+    response = alice.client.post("/api/v1/sessions/", {"video": video}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "video_disabled"

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from loguru import logger
 
-from inference.runtime_process import WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
+from inference.runtime_process import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 from sam3site.management.commands.serve import serve_metrics
 
 RESTART_BACKOFF_SECONDS = 2.0
@@ -76,15 +76,23 @@ class Command(BaseCommand):
         plan = [(device, queue_name(device, ordinal)) for ordinal, device in enumerate(devices)]
         workers = {queue: spawn(device, queue) for device, queue in plan}
         stopping = threading.Event()
+        exit_code = 0
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
         logger.info("Model workers: {}", ", ".join(f"{queue} on {device}" for device, queue in plan))
         while not stopping.wait(0.5):
             for device, queue in plan:
-                if workers[queue].poll() is not None:
-                    logger.warning("Model worker {} exited with {}; restarting it", queue, workers[queue].returncode)
-                    time.sleep(RESTART_BACKOFF_SECONDS)
-                    workers[queue] = spawn(device, queue)
+                code = workers[queue].poll()
+                if code is None:
+                    continue
+                if code == EXIT_MODEL_REQUIRED:
+                    logger.critical("Model worker {} cannot load the required model; stopping all workers", queue)
+                    stopping.set()
+                    exit_code = EXIT_MODEL_REQUIRED
+                    break
+                logger.warning("Model worker {} exited with {}; restarting it", queue, code)
+                time.sleep(RESTART_BACKOFF_SECONDS)
+                workers[queue] = spawn(device, queue)
         for process in workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
@@ -94,3 +102,5 @@ class Command(BaseCommand):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+        if exit_code:
+            raise SystemExit(exit_code)

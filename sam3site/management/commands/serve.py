@@ -105,8 +105,13 @@ class _Children:
         self.processes = [spawn() for _ in range(count)]
 
     def watch(self) -> None:
+        from inference.runtime_process import EXIT_MODEL_REQUIRED
+
         while not self.stopping.wait(0.5):
             for index, child in enumerate(self.processes):
+                if child.poll() == EXIT_MODEL_REQUIRED:  # the embedded model is required and did not load
+                    self.stop()
+                    raise SystemExit(EXIT_MODEL_REQUIRED)
                 if child.poll() is not None and not self.stopping.is_set():
                     logger.warning("Web worker {} exited with {}; restarting it", child.pid, child.returncode)
                     time.sleep(RESTART_BACKOFF_SECONDS)
