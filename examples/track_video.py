@@ -52,6 +52,7 @@ def main() -> None:
         while True:
             message = json.loads(socket.recv())
             if message["type"] == "frame":
+                socket.send(json.dumps({"type": "ack"}))  # keeps the masks coming inline (see docs/video-sessions.md)
                 objects = ", ".join(f"#{o['id']} {o.get('label', '')} {o['score']:.2f}" for o in message["objects"])
                 print(f"frame {message['frame']:5d}: {objects or '-'}")
             elif message["type"] in ("done", "cancelled"):

@@ -9,10 +9,13 @@ Server messages: ``frame``, ``progress``, ``done``, ``cancelled``, ``error``, ``
 answers to client commands (``prompt_result``, ``propagation``, ``cancelling``). Client messages:
 ``{"type": "prompt", ...}``, ``{"type": "propagate", ...}``, ``{"type": "cancel"}``.
 
-Slow readers: events reach this consumer through the channel layer, whose per-channel buffer is
-bounded (CHANNEL_LAYERS capacity). When a reader falls that far behind, further events for it
-are dropped — server memory stays bounded — and the client sees a gap in frame indices; every
-frame is stored, so it fetches the gap from ``GET /api/v1/sessions/<id>/frames/?from_frame=``.
+Slow readers: the server cannot see how much of what it sent a client has read, so clients say
+so: ``{"type": "ack"}`` acknowledges every frame received so far. At most UNACKED_FRAME_LIMIT
+frames carry their masks unacknowledged; after that, frames come as small notices
+(``masks_omitted: true``) until the next ack, and the client reads the masks from
+``GET /api/v1/sessions/<id>/frames/`` (every frame is stored). A client that stops reading
+altogether stops answering pings and is disconnected. So each connection buffers at most
+UNACKED_FRAME_LIMIT frames of masks plus a notice per frame.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from sessions.serializers import PropagateSerializer, VideoPromptSerializer
 from sessions.views import ticket_cache_key
 
 TICKET_SUBPROTOCOL_PREFIX = "ticket."
+UNACKED_FRAME_LIMIT = 64
 
 
 @database_sync_to_async
@@ -74,6 +78,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.close()  # other clients' sessions do not exist for you: refused like a bad key
             return
         self.user = user
+        self.unacked_frames = 0
         self.group = events.group_name(self.session_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept(subprotocol=subprotocol)
@@ -85,7 +90,13 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def session_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["event"])
+        event = message["event"]
+        if event["type"] == "frame":
+            if self.unacked_frames >= UNACKED_FRAME_LIMIT:
+                event = {"type": "frame", "frame": event["frame"], "object_count": len(event["objects"]), "masks_omitted": True}
+            else:
+                self.unacked_frames += 1
+        await self.send_json(event)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
@@ -94,7 +105,9 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             if session is None:
                 await self.close()
                 return
-            if kind == "prompt":
+            if kind == "ack":
+                self.unacked_frames = 0
+            elif kind == "prompt":
                 prompt = await sync_to_async(validated)(VideoPromptSerializer, {k: v for k, v in content.items() if k != "type"})
                 result = await commands.session_prompt(session=session, prompt=prompt)
                 await self.send_json({"type": "prompt_result", **result})
@@ -108,7 +121,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             elif kind == "cancel":
                 await self.send_json({"type": "cancelling", **await commands.session_cancel(session=session)})
             else:
-                await self._error("invalid_message", 'Messages are JSON objects with "type": prompt, propagate or cancel.')
+                await self._error("invalid_message", 'Messages are JSON objects with "type": prompt, propagate, cancel or ack.')
         except (ApiError, ValidationError) as failure:
             error = as_api_error(failure)
             await self._error(error.code, error.message, error.detail)

@@ -298,3 +298,33 @@ def test_admin_lists_sessions_and_closes_them(server, alice, admin_user) -> None
     assert "Closed 1 session(s)." in response.content.decode()
     assert VideoSession.objects.get(pk=session_id).status == "closed"
     wait_for(lambda: sum(w.sessions for w in read_registry()) == 0)
+
+
+def test_slow_readers_get_notices_beyond_the_unacknowledged_window(server, alice) -> None:  # noqa: ANN001
+    from sessions.consumers import UNACKED_FRAME_LIMIT
+
+    frames = UNACKED_FRAME_LIMIT + 6
+    session_id = open_session(server, alice, frames=frames)
+    api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "points": [[20, 20]]})
+
+    def run(ack: bool) -> list[dict]:
+        received = []
+        with connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key}, open_timeout=10) as socket:
+            next_of_type(socket, "status")
+            socket.send(json.dumps({"type": "propagate"}))
+            while (message := json.loads(socket.recv(timeout=60)))["type"] != "done":
+                if message["type"] == "frame":
+                    received.append(message)
+                    if ack:
+                        socket.send(json.dumps({"type": "ack"}))
+            next_of_type(socket, "status")
+        return received
+
+    silent = run(ack=False)
+    assert [m["frame"] for m in silent] == list(range(frames))
+    assert all("objects" in m for m in silent[:UNACKED_FRAME_LIMIT])
+    assert all(m["masks_omitted"] and m["object_count"] == 1 for m in silent[UNACKED_FRAME_LIMIT:])
+    stored = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?from_frame={UNACKED_FRAME_LIMIT}").json()
+    assert [f["frame"] for f in stored["results"]] == list(range(UNACKED_FRAME_LIMIT, frames))  # the masks are there
+    acknowledging = run(ack=True)
+    assert all("objects" in m for m in acknowledging)
