@@ -328,3 +328,30 @@ def test_slow_readers_get_notices_beyond_the_unacknowledged_window(server, alice
     assert [f["frame"] for f in stored["results"]] == list(range(UNACKED_FRAME_LIMIT, frames))  # the masks are there
     acknowledging = run(ack=True)
     assert all("objects" in m for m in acknowledging)
+
+
+def test_concurrent_sessions_interleave_with_image_requests(server, alice, bob) -> None:  # noqa: ANN001
+    import io
+
+    from PIL import Image
+
+    frames = 50
+    sessions = [(client, open_session(server, client, frames=frames)) for client in (alice, bob)]
+    for client, session_id in sessions:
+        api(server, client.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "points": [[20, 20]]})
+    for client, session_id in sessions:
+        assert api(server, client.key, "POST", f"/sessions/{session_id}/propagate/", json={}).status_code == 202
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    started = time.monotonic()
+    image = requests.post(f"{server.url}/api/v1/segment/", headers={"X-API-Key": alice.key}, timeout=60,
+                          files={"file": ("a.png", buffer.getvalue())}, data={"prompts": '[{"text": "dog"}]'})
+    image_seconds = time.monotonic() - started
+    assert image.status_code == 200, image.text
+    # the image did not wait for the propagations: both were still running when it was answered
+    still_running = [VideoSession.objects.get(pk=session_id).status for _, session_id in sessions]
+    assert still_running == ["propagating", "propagating"], image_seconds
+    for client, session_id in sessions:
+        finished = wait_for(lambda: propagation_finished(server, client.key, session_id), timeout=120)
+        assert finished["propagation"]["state"] == "done"
+        assert FrameResult.objects.filter(session_id=session_id).count() == frames
