@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import harness  # bench/ is sys.path[0] when run as a script; harness puts the repo root on sys.path
+import numpy as np
 from harness import Stack, p50, print_table
 
 from bench.checkpoints import ensure_checkpoint
@@ -85,7 +84,7 @@ def write_video(path: Path, frames: int, width: int, height: int, fps: int = 10,
         stream.bit_rate = 2_000_000
         for _ in range(frames):
             image = background.copy()
-            x0, y0 = int(round(x)), int(round(y))
+            x0, y0 = round(x), round(y)
             image[y0 : y0 + side, x0 : x0 + side] = (235, 220, 60)
             centres.append([x0 + side / 2, y0 + side / 2])
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
@@ -492,9 +491,9 @@ def section_throughput(args: argparse.Namespace, checkpoint: Path, workdir: Path
             ["worker RSS idle / before open MiB", "-",
              f"{rss['worker_idle'] * mib:.0f} / {p50([s['worker_rss_before_open'] for s in server_rows]) * mib:.0f}"],
             ["worker RSS peak during / after done / after close MiB", "-",
-             f"{p50([s['worker_rss_peak'] for s in server_rows]) * mib:.0f} / "
-             f"{p50([s['worker_rss_with_session'] for s in server_rows]) * mib:.0f} / "
-             f"{p50([s['worker_rss_after_close'] for s in server_rows]) * mib:.0f}"],
+             (f"{p50([s['worker_rss_peak'] for s in server_rows]) * mib:.0f} / "
+              f"{p50([s['worker_rss_with_session'] for s in server_rows]) * mib:.0f} / "
+              f"{p50([s['worker_rss_after_close'] for s in server_rows]) * mib:.0f}")],
         ],
     )
     overhead = med(s_sum, "ms_per_frame") - med(b_sum, "ms_per_frame")
@@ -598,10 +597,10 @@ def section_memory(args: argparse.Namespace, checkpoint: Path, workdir: Path) ->
             spec = {"mode": mode, "video": str(video), "point": point, "warm_video": str(warm_video),
                     "warm_point": warm_point, "checkpoint": str(checkpoint), "resolution": args.resolution}
 
-            def run(spec: dict[str, Any] = spec) -> dict[str, Any]:
+            def run(spec: dict[str, Any] = spec, length: int = length) -> dict[str, Any]:
                 done = subprocess.run(
                     [sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True, text=True,
-                    timeout=max(300, 60 + length * 10), cwd=harness.ROOT,
+                    timeout=max(300, 60 + length * 10), cwd=harness.ROOT, check=False,
                 )
                 if done.returncode:
                     raise RuntimeError(f"memory child failed:\n{done.stderr[-3000:]}")

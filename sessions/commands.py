@@ -16,7 +16,7 @@ from accounts.services import quota_for
 from inference import dispatch
 from sam3site.errors import ApiError, Conflict, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable
 from sessions import events, selectors, services
-from sessions.models import SessionPrompt, VideoSession
+from sessions.models import VideoSession
 from sessions.tasks import COMMAND_TIMEOUT_SECONDS, session_command
 from uploads.models import Upload
 
@@ -134,10 +134,8 @@ async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> di
             f"Frame {prompt['frame']} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
         )
     result = await send(session, {"op": "prompt", "prompt": prompt})
-    logged = dict(prompt)
-    if prompt["kind"] == "points" and prompt.get("object_id") is None:
-        logged["object_id"] = None  # a new object: replay assigns the same id again, in order
-    await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=logged)
+    # Logged as given: replaying the log in order gives new objects the same ids again.
+    await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=prompt)
     return result
 
 
@@ -212,5 +210,3 @@ async def session_close(*, session: VideoSession) -> None:
     await sync_to_async(services.session_files_remove)(session=session)
     events.publish(str(session.pk), {"type": "status", "status": VideoSession.Status.CLOSED})
 
-
-PROMPT_KINDS = {SessionPrompt.Kind.TEXT, SessionPrompt.Kind.EXEMPLAR, SessionPrompt.Kind.POINTS}
