@@ -5,8 +5,9 @@ Sections (each prints tables; --json writes the raw figures):
       video over the websocket (upload -> POST /api/v1/sessions/ -> ws prompt -> ws propagate ->
       `frame` messages -> `done`) vs ``InteractiveVideoSession.propagate`` + ``encode_rle`` in this
       process on the same video and click: frames per second, first-frame latency, the server's
-      overhead per frame, and whether both produce the same masks. Also the model worker's RSS
-      before / during / after a session.
+      overhead per frame, and whether both produce the same masks. The client acknowledges each
+      frame (`{"type": "ack"}`) as docs/video-sessions.md asks; --no-ack measures without. Also
+      the model worker's RSS before / during / after a session.
   (m) memory per session against video length, each measurement in a fresh subprocess: what the
       server does (lazy ``VideoFrames``, ``keep_history=32``) vs transformers' default behaviour
       (every frame decoded up front, all tracking state kept; optionally also every frame
@@ -275,9 +276,12 @@ class VideoStack(Stack):
 
 
 def server_run(
-    stack: VideoStack, session_id: str, point: list[float], message_timeout: float, max_frames: int | None = None
+    stack: VideoStack, session_id: str, point: list[float], message_timeout: float, ack: bool = True
 ) -> dict[str, Any]:
-    """Prompt and propagate over the session's websocket; every message's arrival time is kept."""
+    """Prompt and propagate over the session's websocket; every message's arrival time is kept.
+
+    With ``ack`` the client acknowledges each frame as it handles it, as docs/video-sessions.md
+    asks (without acks, frames after the 64th come as notices without masks)."""
     from websockets.sync.client import connect
 
     url = stack.url.replace("http", "ws", 1) + f"/ws/sessions/{session_id}/"
@@ -285,7 +289,8 @@ def server_run(
     frame_indices: list[int] = []
     masks: dict[str, list[str]] = {}
     others: list[dict[str, Any]] = []
-    record: dict[str, Any] = {}
+    record: dict[str, Any] = {"acks": ack}
+    omitted = 0
     rss_peak = stack.workers_rss()
     with connect(url, additional_headers=stack.headers, origin=stack.url, max_size=None, open_timeout=30) as socket:
         first = json.loads(socket.recv(timeout=message_timeout))
@@ -303,8 +308,6 @@ def server_run(
         record["prompt_s"] = prompted - started
         record["prompt_objects"] = len(message.get("objects", []))
         propagate = {"type": "propagate", "direction": "forward", "start_frame": 0}
-        if max_frames is not None:
-            propagate["max_frames"] = max_frames
         sent = time.perf_counter()
         socket.send(json.dumps(propagate))
         while True:
@@ -314,7 +317,12 @@ def server_run(
             if kind == "frame":
                 arrivals.append(now)
                 frame_indices.append(int(message["frame"]))
-                masks[str(message["frame"])] = [o["mask"]["counts"] for o in message["objects"]]
+                if message.get("masks_omitted"):
+                    omitted += 1
+                else:
+                    masks[str(message["frame"])] = [o["mask"]["counts"] for o in message["objects"]]
+                if ack:
+                    socket.send('{"type": "ack"}')
                 if len(arrivals) % 5 == 0:
                     rss_peak = max(rss_peak, stack.workers_rss())
             elif kind in ("done", "cancelled"):
@@ -331,7 +339,7 @@ def server_run(
     expected = list(range(frame_indices[0], frame_indices[0] + len(frame_indices))) if frame_indices else []
     record.update(
         arrivals_s=arrivals, frames=len(arrivals), frame_indices_in_order=frame_indices == expected,
-        other_messages=others, masks=masks, worker_rss_peak=rss_peak,
+        other_messages=others, masks=masks, worker_rss_peak=rss_peak, masks_omitted=omitted,
     )
     return record
 
@@ -384,7 +392,7 @@ def section_throughput(args: argparse.Namespace, checkpoint: Path, workdir: Path
         baseline = InProcess(checkpoint, args.resolution)
         # Warm-up, not measured: one-time costs (allocator growth, lazy imports, connections) on both paths.
         session_id, _ = open_session(stack, warm_upload)
-        server_run(stack, session_id, warm_centres[0], args.message_timeout)
+        server_run(stack, session_id, warm_centres[0], args.message_timeout, not args.no_ack)
         rest(stack, "DELETE", f"/api/v1/sessions/{session_id}/")
         baseline.run(warm_video, warm_centres[0])
         gc.collect()
@@ -408,11 +416,11 @@ def section_throughput(args: argparse.Namespace, checkpoint: Path, workdir: Path
                     # Server and in-process never overlap (the worker is idle while the baseline
                     # runs); the order flips each repeat so neither always goes first.
                     if repeat % 2 == 0:
-                        s = server_run(stack, session_id, point, args.message_timeout)
+                        s = server_run(stack, session_id, point, args.message_timeout, not args.no_ack)
                         b = baseline.run(video, point)
                     else:
                         b = baseline.run(video, point)
-                        s = server_run(stack, session_id, point, args.message_timeout)
+                        s = server_run(stack, session_id, point, args.message_timeout, not args.no_ack)
                     s["worker_rss_with_session"] = stack.workers_rss()
                 finally:
                     rest(stack, "DELETE", f"/api/v1/sessions/{session_id}/")
@@ -450,8 +458,8 @@ def section_throughput(args: argparse.Namespace, checkpoint: Path, workdir: Path
 
     same = []
     for s, b in zip(server_rows, base_rows):
-        frames = sorted(b["masks"], key=int)
-        same.append(sum(s["masks"].get(f) == b["masks"][f] for f in frames) / len(frames))
+        frames = sorted(s["masks"], key=int)  # frames that came with masks (all of them with acks)
+        same.append(sum(s["masks"][f] == b["masks"].get(f) for f in frames) / max(len(frames), 1))
     frames_ok = all(
         s["frames"] == s["frames_done"] == b["frames"] == args.frames and s["frame_indices_in_order"]
         for s, b in zip(server_rows, base_rows)
@@ -488,6 +496,8 @@ def section_throughput(args: argparse.Namespace, checkpoint: Path, workdir: Path
             ["propagate sent -> `propagation` answer ms", "-",
              ms(p50([s.get("propagation_ack_s", float("nan")) for s in server_rows]))],
             ["frames with masks identical to in-process", "-", f"{100 * min(same):.0f} %"],
+            ["frames that came without masks (no ack: beyond 64 unacknowledged)", "-",
+             max(s["masks_omitted"] for s in server_rows)],
             ["worker RSS idle / before open MiB", "-",
              f"{rss['worker_idle'] * mib:.0f} / {p50([s['worker_rss_before_open'] for s in server_rows]) * mib:.0f}"],
             ["worker RSS peak during / after done / after close MiB", "-",
@@ -672,6 +682,7 @@ def main() -> None:
     parser.add_argument("--memory-frames", default=None, help="(m) video lengths (default 25,50,100,200 tiny; 6,12,24 full)")
     parser.add_argument("--memory-modes", default=",".join(MEMORY_MODES), help=f"(m) any of {','.join(MEMORY_MODES)}")
     parser.add_argument("--sections", default="tm", help="t: throughput/latency through the server, m: memory")
+    parser.add_argument("--no-ack", action="store_true", help="(t) do not acknowledge frames (see docs/video-sessions.md)")
     parser.add_argument("--message-timeout", type=float, default=300.0, help="max seconds between websocket messages")
     parser.add_argument("--time-limit", type=float, default=900.0, help="per section: no new measurement after this")
     parser.add_argument("--max-other-cores", type=float, default=0.2)

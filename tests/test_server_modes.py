@@ -101,3 +101,10 @@ def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # 
         time.sleep(0.3)
     assert server.log().count("Listening on TCP") >= 2
     assert requests.get(f"{server.url}/healthz", timeout=5).ok
+
+
+def test_browsable_api_offers_a_file_upload_form(admin_user) -> None:  # noqa: ANN001
+    browser = Client()
+    browser.force_login(admin_user)
+    page = browser.get("/api/v1/uploads/", HTTP_ACCEPT="text/html").content.decode()
+    assert 'type="file"' in page and 'name="file"' in page

@@ -29,6 +29,10 @@ class UploadViewSet(
     def get_queryset(self) -> QuerySet[Upload]:
         return Upload.objects.filter(owner=self.request.user)
 
+    def get_serializer_class(self) -> type:
+        # The browsable API builds its upload form from this (it asks with a POST-cloned request).
+        return UploadCreateSerializer if self.request.method == "POST" else UploadSerializer
+
     def initial(self, request: Request, *args: object, **kwargs: object) -> None:
         super().initial(request, *args, **kwargs)
         # The caller is known now, before the body is parsed: bound the stream by their own limit.
