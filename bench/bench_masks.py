@@ -93,7 +93,7 @@ def our_path(probabilities: torch.Tensor) -> tuple[list[dict[str, Any]], dict[st
     return rles, {"upscale_threshold": up_s, "layout_copy": 0.0, "encode": encode_s}, masks
 
 
-def model_seconds_full(resolution: int, repeats: int = 2) -> dict[str, float]:
+def model_seconds_full(resolution: int, repeats: int = 3) -> dict[str, float]:
     """Backbone + one text prompt of the full-size random SAM3 on a 1920x1080 image, p50 of ``repeats``.
 
     threshold=1.0 keeps no instance, so the figure is the model alone (no mask upscale/encode).

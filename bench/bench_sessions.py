@@ -46,6 +46,21 @@ harness.BENCH_DATABASE = VIDEO_DATABASE
 harness.DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{VIDEO_DATABASE}"
 harness.REDIS_URL = VIDEO_REDIS_URL  # read by Stack.start_workers at call time
 
+
+
+class _ChildAwareMeter(harness.CpuMeter):
+    """harness.CpuMeter that also counts this process's finished children (the memory section's
+    fresh processes) as ours: a child that has exited is gone from /proc, and its CPU time would
+    otherwise be charged to "other programs"."""
+
+    def _read(self) -> tuple[int, int]:
+        busy, ours = super()._read()
+        times = os.times()
+        return busy, ours + round((times.children_user + times.children_system) * os.sysconf("SC_CLK_TCK"))
+
+
+harness.CpuMeter = _ChildAwareMeter  # used by harness.wait_for_quiet / measure_quietly in this process
+
 OBJECT_ID = 10_000  # the server's first interactive object id (sessions/live.py INTERACTIVE_ID_BASE)
 KEEP_HISTORY = 32  # sessions/live.py KEEP_HISTORY_FRAMES
 WARMUP_FRAMES = 3
@@ -668,6 +683,26 @@ def section_memory(args: argparse.Namespace, checkpoint: Path, workdir: Path) ->
 # --------------------------------------------------------------------------- main
 
 
+def private_checkpoint(model: str, workdir: Path) -> Path:
+    """This run's own copy of the checkpoint under ``workdir`` (removed at the end), so another
+    benchmark cleaning up the shared cache under /tmp cannot pull it away mid-run: the tiny model
+    is written afresh (seconds); the full one is hard-linked from bench/checkpoints.py's cache
+    (written there first if missing), which costs no disk space."""
+    directory = workdir / f"checkpoint-{model}"
+    if model == "tiny":
+        from inference.runtime.tiny import write_tiny_checkpoint
+
+        return write_tiny_checkpoint(directory)
+    shared = ensure_checkpoint(model)
+    directory.mkdir()
+    for path in shared.iterdir():
+        try:
+            os.link(path, directory / path.name)
+        except OSError:  # another filesystem: use the shared directory itself
+            return shared
+    return directory
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
         print(json.dumps(memory_child(json.loads(sys.argv[2]))), flush=True)
@@ -697,20 +732,20 @@ def main() -> None:
 
     import tempfile
 
-    checkpoint = ensure_checkpoint(args.model)
     report: dict[str, Any] = {"machine": harness.machine_info(), "args": {k: str(v) for k, v in vars(args).items()}}
     report["machine"]["device"] = os.environ.get("IMAGE_MODEL_DEVICE", "cpu")
-    print(f"{args.model} model ({checkpoint}), resolution {args.resolution or 'checkpoint default'}, "
-          f"{report['machine']['cpu_cores']} cores, torch {report['machine']['torch']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sam3-bench-video-") as tmp:
         workdir = Path(tmp)
-        if "t" in args.sections:
-            report["throughput"] = section_throughput(args, checkpoint, workdir)
-        if "m" in args.sections:
-            report["memory"] = section_memory(args, checkpoint, workdir)
-    report["machine"]["load_average_end"] = os.getloadavg()
+        checkpoint = private_checkpoint(args.model, workdir)
+        print(f"{args.model} model ({checkpoint}), resolution {args.resolution or 'checkpoint default'}, "
+              f"{report['machine']['cpu_cores']} cores, torch {report['machine']['torch']}", flush=True)
+        for letter, name, section in (("t", "throughput", section_throughput), ("m", "memory", section_memory)):
+            if letter in args.sections:
+                report[name] = section(args, checkpoint, workdir)
+                report["machine"]["load_average_end"] = os.getloadavg()
+                if args.json:  # after each section: an interrupted run keeps what it measured
+                    args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"raw figures: {args.json}")
 
 

@@ -16,17 +16,27 @@ from PIL import Image
 from inference.cache import FeatureCache
 from inference.host import HostSettings, ModelHost
 from inference.jobs import ConceptPrompt, ImageJob
-from inference.masks import decode_rle, encode_masks, encode_png, encode_polygons, encode_rle, encode_rle_reference
+from inference.masks import (
+    decode_rle,
+    encode_masks,
+    encode_png,
+    encode_polygons,
+    encode_rle,
+    encode_rle_columns_first,
+    encode_rle_reference,
+    encode_rle_run_boundaries,
+)
 from inference.scheduler import ModelScheduler
 from sam3site.errors import DeadlineExceeded
 
 
+@pytest.mark.parametrize("encoder", [encode_rle_columns_first, encode_rle_run_boundaries])
 @pytest.mark.parametrize("shape", [(3, 7, 9), (2, 1, 1), (4, 1, 6), (2, 6, 1), (1, 32, 32)])
-def test_fast_rle_is_byte_identical_to_pycocotools(shape: tuple[int, int, int]) -> None:
+def test_fast_rle_is_byte_identical_to_pycocotools(encoder, shape: tuple[int, int, int]) -> None:  # noqa: ANN001
     generator = torch.Generator().manual_seed(sum(shape))
     for density in (0.0, 0.1, 0.5, 0.9, 1.0):
         masks = torch.rand(shape, generator=generator) < density
-        assert encode_rle(masks) == encode_rle_reference(masks)
+        assert encoder(masks) == encode_rle_reference(masks)
 
 
 def test_fast_rle_on_realistic_blobs_round_trips() -> None:
@@ -35,11 +45,12 @@ def test_fast_rle_on_realistic_blobs_round_trips() -> None:
         masks[index, 10 + index : 60 + 5 * index, 20 : 90 + 10 * index] = True
     masks[4] = False  # an empty mask
     encoded = encode_rle(masks)
-    assert encoded == encode_rle_reference(masks)
+    assert encoded == encode_rle_reference(masks) == encode_rle_run_boundaries(masks)
     for rle, mask in zip(encoded, masks, strict=True):
         assert rle["size"] == [108, 192]
         assert np.array_equal(decode_rle(rle), mask.numpy())
     assert encode_rle(torch.zeros((0, 4, 4), dtype=torch.bool)) == []
+    assert encode_rle_run_boundaries(torch.zeros((0, 4, 4), dtype=torch.bool)) == []
 
 
 def test_polygons_and_png_describe_the_mask() -> None:
