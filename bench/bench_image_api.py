@@ -245,10 +245,10 @@ def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dic
 
 def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -> dict[str, Any]:
     raw: list[dict[str, Any]] = []
-    # Rounds alternate the two worker configurations, so slow drift in what else runs on this
-    # shared machine lands on both instead of deciding the comparison.
+    # Rounds run the two worker configurations in alternating order (1, 8, 8, 1, 1, 8, ...): a slow
+    # drift of the machine's speed would otherwise always favour the configuration measured last.
     for round_index in range(args.rounds):
-        for batch in BATCH_SIZES:
+        for batch in BATCH_SIZES if round_index % 2 == 0 else BATCH_SIZES[::-1]:
             # Cache off and a new image per request: every request runs the backbone.
             stack.start_workers(ENABLE_FEATURE_CACHE="false", INFERENCE_MAX_BATCH_SIZE=str(batch))
             _, warmup_ids = images.upload(stack, WARMUP_REQUESTS)
@@ -265,7 +265,7 @@ def section_throughput(stack: Stack, args: argparse.Namespace, images: Images) -
 
                 (result, mean_batch), other, attempts = harness.measure_quietly(
                     stack, f"(c) batch {batch} concurrency {concurrency}",
-                    lambda: images.upload(stack, count)[1], run, args.max_other_cores, args.retries,
+                    lambda count=count: images.upload(stack, count)[1], run, args.max_other_cores, args.retries,
                 )
                 raw.append(
                     {
@@ -313,7 +313,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--resolution", type=int, default=224, help="model input size (the published model: 1008)")
     parser.add_argument("--requests", type=int, default=30, help="measured requests per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of section (c), alternating the batch settings")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of section (c); even counts cancel drift")
     parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT of the generated images")
     parser.add_argument("--sections", default="abc", help="which sections to run, e.g. 'a' or 'bc'")
     parser.add_argument("--time-limit", type=float, default=600, help="seconds a request loop may send for")

@@ -108,7 +108,7 @@ def model_seconds_full(resolution: int, repeats: int = 3) -> dict[str, float]:
     features_s, prompt_s = [], []
     for index, text in enumerate(("visual", "dog", "cat", "person", "bus")[: repeats + 1]):
         features, f_s = timed(lambda: compute_image_features(loaded, image))
-        _, t_s = timed(lambda: segment_concept(loaded, features, text=text, threshold=1.0))
+        _, t_s = timed(lambda features=features, text=text: segment_concept(loaded, features, text=text, threshold=1.0))
         print(f"  full model at {resolution} px, run {index}: backbone {f_s:.1f} s, prompt {t_s:.2f} s", flush=True)
         if index:  # the first run is a warm-up
             features_s.append(f_s)

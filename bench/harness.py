@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+        return "n/a" if math.isnan(value) else f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return str(value)
 
 
@@ -288,7 +289,7 @@ class Stack:
 
     # --- lifecycle ---
 
-    def start(self) -> Stack:
+    def start(self) -> Self:
         import redis
 
         ensure_database()
@@ -341,7 +342,7 @@ class Stack:
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
@@ -387,7 +388,8 @@ class Stack:
 
     def _manage(self, *args: str) -> str:
         done = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300,
+            check=False,  # the error is raised below with the command's stderr
         )
         if done.returncode:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
