@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -114,6 +115,15 @@ def quota_for(user: AbstractBaseUser | None) -> EffectiveQuota:
         max_concurrent_sessions=(quota and quota.max_concurrent_sessions) or settings.CONFIG.max_concurrent_sessions,
         max_upload_bytes=upload_mb * 1024 * 1024,
     )
+
+
+def quota_of_request(request: Any) -> EffectiveQuota:
+    """The caller's quota, looked up once per request (throttling and upload limits both need it)."""
+    http_request = getattr(request, "_request", request)
+    if not hasattr(http_request, "effective_quota"):
+        user = request.user if request.user and request.user.is_authenticated else None
+        http_request.effective_quota = quota_for(user)
+    return http_request.effective_quota
 
 
 def _seconds_until_utc_midnight(now: dt.datetime) -> int:

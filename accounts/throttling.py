@@ -8,7 +8,7 @@ from django.conf import settings
 from django_ratelimit.core import get_usage
 from rest_framework.throttling import BaseThrottle
 
-from accounts.services import quota_for, usage_record_request
+from accounts.services import quota_of_request, usage_record_request
 from sam3site.errors import RateLimited
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def client_identity(request: Request) -> str:
 class RateAndQuotaThrottle(BaseThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         user = request.user if request.user and request.user.is_authenticated else None
-        quota = quota_for(user)
+        quota = quota_of_request(request)
         if settings.RATE_LIMIT_ENABLED:
             identity = client_identity(request)
             usage = get_usage(

@@ -10,7 +10,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.services import quota_for
+from accounts.services import quota_of_request
 from inference import dispatch
 from inference.metrics import REQUESTS
 from sam3site.api import validated
@@ -32,7 +32,7 @@ class SegmentImageView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        request._request.upload_limit_bytes = quota_for(request.user).max_upload_bytes
+        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes
 
     @extend_schema(
         request={"application/json": SegmentRequestSerializer, "multipart/form-data": SegmentRequestSerializer},

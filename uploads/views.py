@@ -10,7 +10,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.services import quota_for
+from accounts.services import quota_of_request
 from uploads import services
 from uploads.models import Upload
 from uploads.serializers import UploadCreateSerializer, UploadSerializer
@@ -36,7 +36,7 @@ class UploadViewSet(
     def initial(self, request: Request, *args: object, **kwargs: object) -> None:
         super().initial(request, *args, **kwargs)
         # The caller is known now, before the body is parsed: bound the stream by their own limit.
-        request._request.upload_limit_bytes = quota_for(request.user).max_upload_bytes
+        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes
 
     @extend_schema(request=UploadCreateSerializer, responses={201: UploadSerializer}, summary="Upload a file")
     def create(self, request: Request) -> Response:

@@ -228,6 +228,10 @@ def _instances_from_detector(outputs, size: tuple[int, int], threshold: float, m
     keep = scores > threshold
     scores, boxes, mask_logits = scores[keep], boxes[keep], mask_logits[keep]
 
+    # Best score first, ordered before upsampling so the full-resolution masks are never copied again.
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    scores, boxes, mask_logits = scores[order], boxes[order], mask_logits[order]
+
     height, width = size
     scale = torch.tensor([width, height, width, height], device=boxes.device)
     boxes = boxes * scale
@@ -241,8 +245,7 @@ def _instances_from_detector(outputs, size: tuple[int, int], threshold: float, m
     boxes = boxes.float()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    order = torch.argsort(scores.float(), descending=True, stable=True)
-    return Instances(scores=scores.float()[order].cpu(), boxes=boxes[order].cpu(), masks=masks[order])
+    return Instances(scores=scores.float().cpu(), boxes=boxes.cpu(), masks=masks)
 
 
 def segment_concept(

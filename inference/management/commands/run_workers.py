@@ -39,8 +39,10 @@ def worker_devices(image_device: str, video_gpus: list[int]) -> list[str]:
 
 
 def queue_name(device: str, ordinal: int) -> str:
+    """Unique per run_workers process (its pid), so two of them sharing a Redis never share a queue;
+    a worker restarted by this supervisor takes over its predecessor's queue."""
     host = socket.gethostname().replace(".", "-")
-    return f"sam3.{host}.{device.replace(':', '')}.{ordinal}"
+    return f"sam3.{host}.{os.getpid()}.{device.replace(':', '')}.{ordinal}"
 
 
 class Command(BaseCommand):
