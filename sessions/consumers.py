@@ -100,14 +100,15 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "ack":  # once per frame: no database round trip
+            self.unacked_frames = 0
+            return
         try:
             session = await _owned_session(self.user, self.session_id)
             if session is None:
                 await self.close()
                 return
-            if kind == "ack":
-                self.unacked_frames = 0
-            elif kind == "prompt":
+            if kind == "prompt":
                 prompt = await sync_to_async(validated)(VideoPromptSerializer, {k: v for k, v in content.items() if k != "type"})
                 result = await commands.session_prompt(session=session, prompt=prompt)
                 await self.send_json({"type": "prompt_result", **result})

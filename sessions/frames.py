@@ -20,7 +20,7 @@ class VideoFrames(Sequence[np.ndarray]):
     backward walk mostly hits the cache.
     """
 
-    def __init__(self, path: Path, *, cache_frames: int = 48) -> None:
+    def __init__(self, path: Path, *, cache_frames: int = 16) -> None:
         self.path = path
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_frames = cache_frames
