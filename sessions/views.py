@@ -8,12 +8,12 @@ from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from sam3site.api import validated
 from sam3site.errors import NotFound
+from sam3site.pagination import BoundedLimitOffsetPagination
 from sessions import commands, selectors, services
 from sessions.models import VideoSession
 from sessions.serializers import (
@@ -47,7 +47,7 @@ class SessionListView(SessionViewMixin, APIView):
     @extend_schema(responses=VideoSessionSerializer(many=True))
     async def get(self, request: Request) -> Response:
         def page() -> Response:
-            paginator = LimitOffsetPagination()
+            paginator = BoundedLimitOffsetPagination()
             rows = paginator.paginate_queryset(selectors.sessions_of(owner=request.user), request, view=self)
             return paginator.get_paginated_response(VideoSessionSerializer(rows, many=True).data)
 
@@ -129,8 +129,7 @@ class SessionFramesView(SessionViewMixin, APIView):
             rows = selectors.frame_results(session=session)
             if (start := request.query_params.get("from_frame", "")).isdigit():
                 rows = rows.filter(frame_index__gte=int(start))
-            paginator = LimitOffsetPagination()
-            paginator.default_limit = 20
+            paginator = BoundedLimitOffsetPagination(default_limit=20)
             chosen = paginator.paginate_queryset(rows, request, view=self)
             return paginator.get_paginated_response([services.frame_result_read(row) for row in chosen])
 
