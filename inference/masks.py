@@ -1,4 +1,4 @@
-"""Mask encodings for responses: COCO RLE (default), polygons, PNG.
+"""Mask encodings for responses: COCO RLE (default), polygons (exact, with holes), PNG.
 
 COCO RLE runs over each mask in column-major order, so the plain path,
 ``pycocotools.mask.encode(np.asfortranarray(masks))``, first copies every mask to host memory
@@ -93,10 +93,60 @@ def decode_rle(rle: RLE) -> np.ndarray:
     return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
 
 
-def encode_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours as flat [x1, y1, x2, y2, ...] lists in pixel coordinates (COCO polygon style)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [contour.reshape(-1).astype(float).tolist() for contour in contours if len(contour) >= 3]
+Ring = list[int]  # flat [x1, y1, x2, y2, ...] of pixel-corner coordinates
+Component = list[Ring]  # exterior ring first, then its holes
+
+
+def encode_polygons(mask: np.ndarray) -> list[Component]:
+    """Every connected component (8-connected, like OpenCV) as ``[exterior, hole, ...]`` rings.
+
+    Vertices are pixel corners, not centres: pixel (x, y) is the square [x, x+1] x [y, y+1], so
+    the rings run along the mask's pixel edges and rasterise back to exactly the mask (e.g.
+    pycocotools ``frPyObjects`` per ring, combined with XOR: the even-odd rule). Holes wind
+    opposite to their exterior, so a non-zero fill gives the same pixels. An island inside a hole
+    is a component of its own; pixels touching only at a corner are one component, whose ring
+    touches itself at that corner.
+
+    OpenCV traces pixel centres. On the mask upsampled 2x, a traced pixel at column c is the left
+    half of pixel c/2 (c even: the contour runs along that pixel's left edge, c/2) or the right
+    half of pixel (c-1)/2 (c odd: its right edge, (c+1)/2); both are ``ceil(c / 2)``, and the same
+    holds for rows. Exact: tests/test_polygons.py fills the rings back on random and edge-case masks.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    top, left = int(rows[0]), int(cols[0])
+    # Only the bounding box is upsampled: a small object in a large image costs little.
+    crop = np.ascontiguousarray(mask[top : rows[-1] + 1, left : cols[-1] + 1], dtype=np.uint8)
+    doubled = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    lengths = np.array([len(contour) for contour in contours])
+    points = (np.concatenate(contours).reshape(-1, 2) + 1) // 2 + (left, top)
+    # Both halves of a pixel map to the same corner: drop each point equal to its predecessor
+    # in its (cyclic) ring.
+    starts = np.cumsum(lengths) - lengths
+    previous = np.arange(len(points)) - 1
+    previous[starts] = starts + lengths - 1
+    keep = np.any(points != points[previous], axis=1)
+    ring_of = np.repeat(np.arange(len(contours)), lengths)[keep]
+    flat = points[keep].reshape(-1)
+    bounds = 2 * np.searchsorted(ring_of, np.arange(len(contours) + 1))
+    rings = [flat[bounds[i] : bounds[i + 1]].tolist() for i in range(len(contours))]
+
+    # RETR_CCOMP: two levels; [next, previous, first child, parent] per contour.
+    links = hierarchy[0].tolist()
+    components = []
+    for index, (_, _, child, parent) in enumerate(links):
+        if parent >= 0:
+            continue
+        component = [rings[index]]
+        while child >= 0:
+            component.append(rings[child])
+            child = links[child][0]
+        components.append(component)
+    return components
 
 
 def encode_png(mask: np.ndarray) -> str:

@@ -56,9 +56,9 @@ def test_fast_rle_on_realistic_blobs_round_trips() -> None:
 def test_polygons_and_png_describe_the_mask() -> None:
     mask = np.zeros((40, 50), dtype=bool)
     mask[10:20, 5:30] = True
-    (polygon,) = encode_polygons(mask)
-    xs, ys = polygon[0::2], polygon[1::2]
-    assert (min(xs), max(xs), min(ys), max(ys)) == (5, 29, 10, 19)
+    ((exterior,),) = encode_polygons(mask)  # one component, no hole
+    xs, ys = exterior[0::2], exterior[1::2]
+    assert (min(xs), max(xs), min(ys), max(ys)) == (5, 30, 10, 20)  # pixel corners, not centres
     png = np.asarray(Image.open(io.BytesIO(base64.b64decode(encode_png(mask)))))
     assert np.array_equal(png > 0, mask)
     assert encode_masks(torch.from_numpy(mask[None]), "none") == [None]
