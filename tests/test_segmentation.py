@@ -122,7 +122,7 @@ def test_inline_file_anonymous_and_other_mask_formats(model_worker, settings) ->
             decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(instances[0]["mask"]))))
             assert decoded.shape == (120, 160) and set(np.unique(decoded)) <= {0, 255}
         elif mask_format == "polygons":
-            assert all(len(polygon) % 2 == 0 for polygon in instances[0]["mask"])
+            assert all(len(ring) % 2 == 0 for component in instances[0]["mask"] for ring in component)
         else:
             assert instances[0]["mask"] is None
     assert not list((Path(settings.UPLOAD_DIR) / ".inline").glob("*"))  # inline images do not stay
