@@ -14,6 +14,7 @@ from accounts import selectors, services
 from accounts.models import ApiKey
 from accounts.permissions import ApiKeyPolicy, IsStaff
 from accounts.serializers import ApiKeySerializer, CreatedApiKeySerializer, MeSerializer, UserSerializer
+from sam3site.errors import InvalidInput
 
 
 class MeView(APIView):
@@ -47,11 +48,13 @@ class ApiKeyViewSet(
 
     @extend_schema(request=ApiKeySerializer, responses={201: CreatedApiKeySerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        if not request.user.is_staff and "user" in request.data:
+            # Checked before any lookup: the answer must not tell whether that user exists.
+            raise InvalidInput("Only staff may name a key's owner; leave `user` out.", code="field_not_allowed")
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        owner = serializer.validated_data.get("user") if request.user.is_staff else None
         api_key, full_key = services.api_key_create(
-            user=owner or request.user,
+            user=serializer.validated_data.get("user") or request.user,
             name=serializer.validated_data["name"],
             expires_at=serializer.validated_data.get("expires_at"),
         )

@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.apps import AppConfig
 from django.conf import settings
+from loguru import logger
 
 
 class Sam3SiteConfig(AppConfig):
@@ -10,3 +11,5 @@ class Sam3SiteConfig(AppConfig):
 
     def ready(self) -> None:
         Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise expects it
+        for warning in settings.STATIC_API_KEY_WARNINGS:
+            logger.warning("INSECURE: {}", warning)

@@ -7,15 +7,40 @@ Django's settings module is fed from :func:`get_config`; `manage.py config_refer
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = BASE_DIR / "weights"
+
+# The source document's example keys ("your-api-key-1", "key1", ...): published, so never secret.
+EXAMPLE_API_KEY = re.compile(r"^(your-api-key(-[\w-]*)?|key\d*|api-key\d*|changeme|secret)$", re.IGNORECASE)
+MIN_STATIC_KEY_LENGTH = 20
+MIN_STATIC_KEY_BITS = 80
+MIN_DISTINCT_KEY_CHARACTERS = 8
+
+
+def estimated_key_bits(key: str) -> float:
+    """Length times log2 of the alphabet its character classes span: a ceiling, enough to refuse weak keys."""
+    classes = ((str.islower, 26), (str.isupper, 26), (str.isdigit, 10), (lambda c: not c.isalnum(), 32))
+    alphabet = sum(size for is_member, size in classes if any(is_member(c) for c in key))
+    return len(key) * math.log2(max(alphabet, 2))
+
+
+def static_key_problem(key: str) -> str | None:
+    if EXAMPLE_API_KEY.match(key.strip()):
+        return "is an example key published in the source document"
+    if len(key) < MIN_STATIC_KEY_LENGTH:
+        return f"is shorter than {MIN_STATIC_KEY_LENGTH} characters"
+    if estimated_key_bits(key) < MIN_STATIC_KEY_BITS or len(set(key)) < MIN_DISTINCT_KEY_CHARACTERS:
+        return f"is too predictable (under ~{MIN_STATIC_KEY_BITS} bits); use e.g. `openssl rand -hex 24`"
+    return None
+
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
@@ -93,7 +118,10 @@ class Config(BaseSettings):
     require_api_key: bool = Field(False, description="Demand an X-API-Key on every API request.")
     api_keys: list[str] = Field(
         ["your-api-key-1", "your-api-key-2"],
-        description="Static keys accepted besides the database's, as a JSON list. Each acts as its own user.",
+        description="Static keys accepted besides the database's, as a JSON list. Each acts as its own user. "
+        f"Outside the embedded quick start and DEBUG, start-up refuses the source document's example keys "
+        f"(your-api-key-*, key1...) and keys under {MIN_STATIC_KEY_LENGTH} characters or ~{MIN_STATIC_KEY_BITS} bits: "
+        "set real keys or []. The embedded default keeps the examples and warns in the log and /readyz.",
     )
     cors_origins_list: list[str] = Field(["*"], description='Allowed CORS origins, as a JSON list; ["*"] allows any.')
 
@@ -123,7 +151,7 @@ class Config(BaseSettings):
         1, ge=1, le=64, description="Images whose backbone runs in one forward pass when requests arrive together."
     )
     worker_heartbeat_timeout_seconds: float = Field(
-        10.0, gt=0, description="A model worker silent this long is considered dead."
+        4.0, gt=0, description="A model worker silent this long is considered dead (workers beat every second)."
     )
     worker_metrics_port: int = Field(
         9091, ge=1, le=65535, description="Port of the model workers' Prometheus metrics (served by run_workers)."
@@ -132,6 +160,14 @@ class Config(BaseSettings):
     # --- deployment (beyond the seed's contract) ---
     database_url: str | None = Field(
         None, description="Database, e.g. postgres://user:pass@host:5432/sam3. Unset: embedded SQLite under DATA_DIR."
+    )
+    database_pool_size: int = Field(
+        8, ge=1, le=200,
+        description="Postgres connections per process at most (psycopg pool). A deployment needs "
+        "(web processes + model worker processes + 1 for cron) x this, below Postgres's max_connections.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, description="Wait for a free pooled connection before answering 503 database_unavailable."
     )
     redis_url: str | None = Field(
         None,
@@ -155,6 +191,27 @@ class Config(BaseSettings):
             raise ValueError("API keys must not be empty strings")
         return keys
 
+    @model_validator(mode="after")
+    def _static_keys_fail_closed(self) -> Config:
+        if self.embedded or self.debug:
+            return self  # the quick start warns instead (weak_static_keys)
+        problems = self.weak_static_keys()
+        if problems:
+            raise ValueError(
+                "API_KEYS: refused outside the embedded quick start: "
+                + "; ".join(problems)
+                + ". Set API_KEYS to your own random keys, or [] to use database keys only."
+            )
+        return self
+
+    def weak_static_keys(self) -> list[str]:
+        """Which API_KEYS entries are examples or weak, described without echoing them."""
+        return [
+            f"key #{index + 1} {problem}"
+            for index, key in enumerate(self.api_keys)
+            if (problem := static_key_problem(key)) is not None
+        ]
+
     @field_validator("database_url", "redis_url", "django_secret_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -172,7 +229,10 @@ SECRET_FIELDS = frozenset({"django_secret_key", "api_keys", "database_url", "red
 def format_validation_error(error: ValidationError) -> str:
     lines = ["Invalid configuration:"]
     for problem in error.errors():
-        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        if not problem["loc"]:  # a rule across fields: its message names the variable
+            lines.append(f"  {problem['msg'].removeprefix('Value error, ')}")
+            continue
+        field = str(problem["loc"][0])
         shown = "" if field in SECRET_FIELDS else f" (got {problem.get('input')!r})"
         lines.append(f"  {field.upper()}: {problem['msg']}{shown}")
     return "\n".join(lines)

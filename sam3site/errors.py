@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
 from loguru import logger
@@ -51,6 +55,10 @@ class Conflict(ApiError):
     status_code, code, message = 409, "conflict", "The request conflicts with the current state."
 
 
+class Gone(ApiError):
+    status_code, code, message = 410, "gone", "The resource has ended; only its record remains."
+
+
 class PayloadTooLarge(ApiError):
     status_code, code, message = 413, "payload_too_large", "The upload is too large."
 
@@ -73,6 +81,10 @@ class ModelUnavailable(Unavailable):
 
 class Overloaded(Unavailable):
     code, message = "overloaded", "The model workers are busy; retry later."
+
+
+class DatabaseUnavailable(Unavailable):
+    code, message = "database_unavailable", "The database is unreachable or out of connections; retry later."
 
 
 class DeadlineExceeded(ApiError):
@@ -110,10 +122,33 @@ def _respond(error: ApiError, request_id: str | None) -> Response:
     return Response(body, status=error.status_code, headers=headers)
 
 
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def request_limit_error(error: RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent) -> ApiError:
+    """Django's own request limits, in our hierarchy (unmapped, they would surface as 500)."""
+    if isinstance(error, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return PayloadTooLarge(
+            f"The request's non-file data exceeds {limit // 1024} KiB.", code="request_too_large",
+            detail={"limit_bytes": limit},
+        )
+    if isinstance(error, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return InvalidInput(f"The request has more than {limit} fields.", code="too_many_fields", detail={"limit": limit})
+    limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+    return InvalidInput(f"The request has more than {limit} files.", code="too_many_files", detail={"limit": limit})
+
+
 def as_api_error(exc: Exception) -> ApiError | None:
     """Translate any known exception into our hierarchy; ``None`` for unexpected ones."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
+        return request_limit_error(exc)
+    if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):
+        logger.warning("Database unavailable: {}", str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+        return DatabaseUnavailable(retry_after=DATABASE_RETRY_AFTER_SECONDS)
     if isinstance(exc, Ratelimited):  # subclasses PermissionDenied: must come first
         return RateLimited(retry_after=60)
     if isinstance(exc, Http404):

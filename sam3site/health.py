@@ -52,4 +52,5 @@ def readyz(request: HttpRequest) -> JsonResponse:
         ok, info = check()
         ready &= ok
         results[name] = {"ok": ok, **info}
-    return JsonResponse({"status": "ready" if ready else "not_ready", "checks": results}, status=200 if ready else 503)
+    body = {"status": "ready" if ready else "not_ready", "checks": results, "warnings": settings.STATIC_API_KEY_WARNINGS}
+    return JsonResponse(body, status=200 if ready else 503)

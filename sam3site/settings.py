@@ -90,7 +90,14 @@ TEMPLATES = [
 
 # --- data stores ---
 if CONFIG.database_url:
-    DATABASES = {"default": dj_database_url.parse(CONFIG.database_url, conn_max_age=60, conn_health_checks=True)}
+    # A bounded pool per process: threads borrow a connection per request or task and give it back,
+    # so a process never holds more than DATABASE_POOL_SIZE however many threads it runs.
+    DATABASES = {"default": dj_database_url.parse(CONFIG.database_url, conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1, "max_size": CONFIG.database_pool_size, "timeout": CONFIG.database_pool_timeout_seconds,
+            "max_idle": 60,
+        }
 else:
     CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -179,9 +186,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.ApiKeyPolicy"],
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.RateAndQuotaThrottle"],
+    "DEFAULT_PARSER_CLASSES": [
+        "sam3site.parsers.JSONParser", "sam3site.parsers.FormParser", "sam3site.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "sam3site.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "sam3site.schema.ApiAutoSchema",  # adds the error responses to every operation
     "EXCEPTION_HANDLER": "sam3site.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -199,6 +209,11 @@ SPECTACULAR_SETTINGS = {
 
 REQUIRE_API_KEY = CONFIG.require_api_key
 STATIC_API_KEYS = CONFIG.api_keys
+# Only reachable on the embedded quick start or with DEBUG: elsewhere the config refuses them.
+STATIC_API_KEY_WARNINGS = [
+    f"API_KEYS {problem}: anyone can use it; set your own keys before exposing this server"
+    for problem in CONFIG.weak_static_keys()
+]
 RATE_LIMIT_ENABLED = CONFIG.rate_limit_enabled
 RATE_LIMIT_REQUESTS_PER_MINUTE = CONFIG.rate_limit_requests_per_minute
 RATELIMIT_USE_CACHE = "default"

@@ -78,12 +78,12 @@ def test_inactive_user_key_is_refused(alice) -> None:  # noqa: ANN001
 
 
 def test_env_keys_are_accepted_each_as_its_own_user() -> None:
-    first = get_with_key("test-env-key-1").json()
-    second = get_with_key("test-env-key-2").json()
+    first = get_with_key("test-env-key-1-9f8e7d6c5b4a").json()
+    second = get_with_key("test-env-key-2-1a2b3c4d5e6f").json()
     assert first["username"] != second["username"]
     assert first["api_key"].startswith("env:")
-    assert "test-env-key-1" not in str(first)
-    assert get_with_key("test-env-key-1").json()["id"] == first["id"]  # stable identity
+    assert "test-env-key-1-9f8e7d6c5b4a" not in str(first)
+    assert get_with_key("test-env-key-1-9f8e7d6c5b4a").json()["id"] == first["id"]  # stable identity
 
 
 def test_anonymous_mode_serves_stateless_endpoints_but_not_stored_objects(settings) -> None:  # noqa: ANN001
@@ -175,6 +175,12 @@ def test_staff_manage_users_and_quotas_over_the_api(make_client, alice) -> None:
     assert me["quota"]["daily_requests"] == 100
     patched = staff.client.patch(f"/api/v1/users/{user_id}/", {"quota": {"daily_requests": 7}}, format="json")
     assert patched.json()["quota"]["daily_requests"] == 7
-    # a non-staff user naming another owner still gets a key of their own
-    own = alice.client.post("/api/v1/keys/", {"name": "sneaky", "user": "frank"}, format="json").json()
-    assert own["user"] == "alice"
+    # a non-staff user may not name an owner at all, and cannot tell whether the user exists
+    answers = [
+        alice.client.post("/api/v1/keys/", {"name": "sneaky", "user": username}, format="json")
+        for username in ("frank", "nobody-by-that-name")
+    ]
+    assert {response.status_code for response in answers} == {400}
+    assert {response.json()["error"]["code"] for response in answers} == {"field_not_allowed"}
+    assert len({response.json()["error"]["message"] for response in answers}) == 1
+    assert not ApiKey.objects.filter(name="sneaky").exists()

@@ -70,8 +70,47 @@ def test_defaults_match_the_contract(clean_env: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_good_values_are_parsed(clean_env: pytest.MonkeyPatch, variable: str, raw: str, attribute: str, parsed: object) -> None:
+    clean_env.setenv("API_KEYS", "[]")  # REDIS_URL leaves the quick start, where example keys are refused
     clean_env.setenv(variable, raw)
     assert getattr(load(), attribute) == parsed
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        None,  # the contract's default: the source document's examples
+        '["your-api-key-1"]',
+        '["key1", "key2", "key3"]',  # the source document's REQUIRE_API_KEY example
+        '["YOUR-API-KEY"]',
+        '["short-but-real"]',
+        '["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]',
+        '["0c5f9e2ab7d4e1f3a6b8c9d0e1f2a3b4", "your-api-key-2"]',
+    ],
+)
+def test_example_and_weak_static_keys_stop_a_deployment(clean_env: pytest.MonkeyPatch, keys: str | None) -> None:
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if keys is not None:
+        clean_env.setenv("API_KEYS", keys)
+    with pytest.raises(ConfigurationError) as error:
+        load()
+    message = str(error.value)
+    assert "API_KEYS" in message
+    for secret in ("your-api-key", "key1", "short-but-real", "aaaaaaaa", "0c5f9e2a"):
+        assert secret not in message.lower()  # described, never echoed
+
+
+def test_real_static_keys_are_accepted_and_examples_only_warn_on_the_quick_start(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    clean_env.setenv("API_KEYS", '["0c5f9e2ab7d4e1f3a6b8c9d0e1f2a3b4", "ops-Key_2026-Xq7LmP9vR2tW"]')
+    assert load().weak_static_keys() == []
+    clean_env.setenv("API_KEYS", "[]")
+    assert load().api_keys == []
+    clean_env.delenv("REDIS_URL")  # embedded quick start: kept, but flagged
+    clean_env.delenv("API_KEYS")
+    assert len(load().weak_static_keys()) == 2
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    clean_env.setenv("DEBUG", "true")  # development: kept, flagged
+    assert len(load().weak_static_keys()) == 2
 
 
 @pytest.mark.parametrize(

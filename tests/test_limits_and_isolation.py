@@ -87,7 +87,7 @@ def test_no_client_sees_another_clients_objects(alice, bob, make_client) -> None
     upload_id = made.json()["id"]
     alice_key_id = alice.client.get("/api/v1/keys/").json()["results"][0]["id"]
     env_client = APIClient()
-    env_client.credentials(HTTP_X_API_KEY="test-env-key-1")
+    env_client.credentials(HTTP_X_API_KEY="test-env-key-1-9f8e7d6c5b4a")
     for other in (bob.client, env_client):
         assert other.get("/api/v1/uploads/").json()["results"] == []
         assert other.get(f"/api/v1/uploads/{upload_id}/").status_code == 404
@@ -100,7 +100,7 @@ def test_no_client_sees_another_clients_objects(alice, bob, make_client) -> None
     assert alice.client.get(f"/api/v1/uploads/{upload_id}/").status_code == 200
     # two env keys are two identities too
     env_other = APIClient()
-    env_other.credentials(HTTP_X_API_KEY="test-env-key-2")
+    env_other.credentials(HTTP_X_API_KEY="test-env-key-2-1a2b3c4d5e6f")
     env_made = env_client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("b.png", png_bytes())}, format="multipart")
     assert env_other.get(f"/api/v1/uploads/{env_made.json()['id']}/").status_code == 404
     # staff see every key, as administrators

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.mark.slow
 def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_path: Path) -> None:  # noqa: ANN001
-    embedded = {"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": ""}
+    embedded = {
+        "DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": "",
+        "API_KEYS": '["your-api-key-1", "your-api-key-2"]',  # the contract's default: the guide's examples
+    }
     env = {**os.environ, **embedded}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     key = subprocess.run(
@@ -32,6 +36,9 @@ def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_pat
     server = start_server(**embedded)
     ready = requests.get(f"{server.url}/readyz", timeout=10).json()
     assert ready["checks"]["redis"]["mode"].startswith("embedded")
+    # The quick start keeps the guide's example keys, and says so loudly.
+    assert len(ready["warnings"]) == 2 and all("API_KEYS" in warning for warning in ready["warnings"])
+    assert "INSECURE" in server.log() and "your-api-key-1" not in server.log()
     headers = {"X-API-Key": key}
     assert requests.get(f"{server.url}/api/v1/me/", headers=headers, timeout=10).json()["username"] == "quickstart"
     made = requests.post(f"{server.url}/api/v1/uploads/", files={"file": ("a.png", png_bytes())}, headers=headers, timeout=30)
@@ -40,6 +47,58 @@ def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_pat
     assert requests.get(f"{server.url}/admin/login/", timeout=10).status_code == 200
     static = requests.get(f"{server.url}/static/admin/css/base.css", timeout=10)
     assert static.status_code == 200 and "text/css" in static.headers["Content-Type"]
+
+
+def test_a_deployment_refuses_to_start_with_the_guides_example_keys(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "API_KEYS": '["key1", "key2", "key3"]'}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "API_KEYS" in result.stderr and "example key" in result.stderr
+    assert "Traceback" not in result.stderr
+    env["DEBUG"] = "true"  # development keeps them, with a warning
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "INSECURE" in result.stderr
+
+
+@pytest.mark.slow
+def test_readme_quick_start_script_serves_the_embedded_default(tmp_path: Path) -> None:
+    """`bash scripts/serve.sh` (the README's first command), with the venv already installed."""
+    from tests.conftest import free_port, stop_process_group
+
+    port = free_port()
+    env = {
+        **os.environ, "DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": "",
+        "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(free_port()),
+        "SAM3_CHECKPOINT": str(tmp_path / "weights" / "sam3.pt"), "UPLOAD_DIR": str(tmp_path / "uploads"),
+    }
+    env.pop("IMAGE_MODEL_DEVICE", None)  # the script picks the CPU itself on a machine without nvidia-smi
+    log_path = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        ["bash", "scripts/serve.sh"], cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        log = log_path.read_text(errors="replace")
+        assert requests.get(f"{url}/readyz", timeout=5).status_code == 200, log
+        assert "IMAGE_MODEL_DEVICE=cpu" in log
+        answer = requests.post(
+            f"{url}/api/v1/segment/", files={"file": ("a.png", png_bytes())}, data={"prompts": '[{"text": "dog"}]'},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"]["warning"]  # the tiny random model, flagged
+    finally:
+        stop_process_group(process)
 
 
 def test_embedded_default_refuses_several_workers(tmp_path: Path) -> None:
@@ -81,8 +140,6 @@ def test_celery_is_configured_from_django_settings(settings) -> None:  # noqa: A
 
 @pytest.mark.slow
 def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # noqa: ANN001
-    import time
-
     server = start_server(RELOAD="true")
     watched = ROOT / "sam3site" / "views.py"
     time.sleep(1.5)  # let the reloader take its first snapshot of modification times
@@ -96,7 +153,7 @@ def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # 
         try:
             if requests.get(f"{server.url}/healthz", timeout=2).ok and server.log().count("Listening on TCP") >= 2:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused or timed out while the server restarts
             pass
         time.sleep(0.3)
     assert server.log().count("Listening on TCP") >= 2

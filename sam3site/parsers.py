@@ -1,0 +1,84 @@
+"""Request parsers that refuse what the database or Python would choke on, as 4xx, before any view runs.
+
+Limits (documented in README "Request limits"): a JSON body or a multipart text field at most
+DATA_UPLOAD_MAX_MEMORY_SIZE (2 MiB), JSON nested at most MAX_JSON_DEPTH levels, at most
+DATA_UPLOAD_MAX_NUMBER_FIELDS fields and DATA_UPLOAD_MAX_NUMBER_FILES files per form, and no NUL
+character in any string (Postgres cannot store it in text or JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+from sam3site.errors import InvalidInput, request_limit_error
+
+MAX_JSON_DEPTH = 32
+
+
+def check_json_value(value: Any, *, where: str = "the request") -> None:
+    """Refuse NUL characters (in keys and strings) and nesting deeper than MAX_JSON_DEPTH, without recursion."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidInput(f"A string in {where} contains a NUL character (\\u0000).", code="nul_character")
+            continue
+        if not isinstance(item, Mapping | list | tuple):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(
+                f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested"
+            )
+        children: Iterable[Any] = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
+        pending.extend((child, depth + 1) for child in children)
+
+
+class _CheckedFormParser(parsers.BaseParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        try:
+            parsed = super().parse(stream, media_type, parser_context)  # type: ignore[safe-super]
+        except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as error:
+            raise request_limit_error(error) from None
+        data, files = (parsed.data, parsed.files) if isinstance(parsed, parsers.DataAndFiles) else (parsed, None)
+        for key, values in data.lists():
+            check_json_value([key, *values], where=f"field {key[:40]!r}")
+        for _key, uploads in files.lists() if files is not None else ():
+            check_json_value([uploaded.name or "" for uploaded in uploads], where="a file name")
+        return parsed
+
+
+class JSONParser(parsers.JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise request_limit_error(RequestDataTooBig())
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            parsed = json.loads(body.decode(encoding), parse_constant=_refuse_constant)
+        except RecursionError:
+            raise InvalidInput(f"The JSON is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested") from None
+        except ValueError as error:
+            raise ParseError(f"JSON parse error - {error}") from None
+        check_json_value(parsed)
+        return parsed
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+class FormParser(_CheckedFormParser, parsers.FormParser):
+    pass
+
+
+class MultiPartParser(_CheckedFormParser, parsers.MultiPartParser):
+    pass
