@@ -41,6 +41,21 @@ def check_json_value(value: Any, *, where: str = "the request") -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def loads_checked(text: str, *, where: str = "the request") -> Any:
+    """``json.loads`` with the parsers' rules, for JSON carried inside a form field.
+    Raises ValueError for text that is no JSON (the caller's field reports it)."""
+    try:
+        parsed = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidInput(f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested") from None
+    check_json_value(parsed, where=where)
+    return parsed
+
+
 class _CheckedFormParser(parsers.BaseParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
         try:
@@ -63,17 +78,11 @@ class JSONParser(parsers.JSONParser):
             raise request_limit_error(RequestDataTooBig())
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            parsed = json.loads(body.decode(encoding), parse_constant=_refuse_constant)
-        except RecursionError:
-            raise InvalidInput(f"The JSON is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested") from None
+            return loads_checked(body.decode(encoding))
         except ValueError as error:
             raise ParseError(f"JSON parse error - {error}") from None
-        check_json_value(parsed)
-        return parsed
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
 
 
 class FormParser(_CheckedFormParser, parsers.FormParser):
