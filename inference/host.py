@@ -228,8 +228,8 @@ class ModelHost:
                 loaded, features, text=prompt.text, boxes=prompt.boxes or None, box_labels=prompt.box_labels or None,
                 threshold=job.threshold, mask_threshold=job.mask_threshold,
             )
-        except ValueError as error:  # the engine's own prompt checks
-            raise InvalidInput(str(error), code="invalid_prompt") from None
+        except ValueError as error:  # the engine's own prompt checks (some carry their own code)
+            raise InvalidInput(str(error), code=getattr(error, "code", "invalid_prompt")) from None
 
 
 def prompt_summary(prompt: ConceptPrompt | InteractivePrompt) -> dict[str, Any]:

@@ -7,6 +7,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 MASK_FORMATS = ("rle", "polygons", "png", "none")
+# SAM3's processors pad/cut text to 32 CLIP tokens and its text encoder has 32 positions; the
+# count includes the start and end markers. Here (not in the runtime) so the web can state it.
+TEXT_PROMPT_MAX_TOKENS = 32
+
+
+def words_in_tokens(tokens: int) -> int:
+    """About how many English words fit in ``tokens`` CLIP tokens (about 1.2 tokens a word, plus the 2 markers)."""
+    return (tokens - 2) * 5 // 6
+
+
+def text_prompt_too_long_message(tokens: int, limit: int = TEXT_PROMPT_MAX_TOKENS, *, at_least: bool = False) -> str:
+    """The API's words for a text prompt the text encoder cannot read whole (web and worker say the same)."""
+    words = words_in_tokens(limit)
+    counted = f"at least {tokens}" if at_least else str(tokens)
+    return (
+        f"The text prompt has {counted} tokens; the text encoder reads at most {limit}, start and end markers"
+        f" included (about {words} words). Shorten it to a noun phrase."
+    )
 
 
 @dataclass(frozen=True)

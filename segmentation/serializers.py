@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -9,7 +8,9 @@ from rest_framework import serializers
 from rest_framework.fields import empty
 from rest_framework.utils import html
 
-from inference.jobs import MASK_FORMATS
+from inference.jobs import MASK_FORMATS, TEXT_PROMPT_MAX_TOKENS, text_prompt_too_long_message, words_in_tokens
+from sam3site.errors import InvalidInput
+from sam3site.parsers import loads_checked
 
 MAX_PROMPTS = 16
 MAX_BOXES = 32
@@ -27,7 +28,15 @@ class PromptSerializer(serializers.Serializer):
     prompt (``points`` and/or one ``box``: one object, SAM-style). Coordinates are pixels of the
     original image; labels are 1 (positive / on the object) or 0 (negative / background)."""
 
-    text = serializers.CharField(required=False, max_length=200, help_text="A noun phrase, e.g. 'yellow school bus'.")
+    text = serializers.CharField(
+        required=False, max_length=200,
+        help_text=(
+            "A noun phrase, e.g. 'yellow school bus'. The text encoder reads at most"
+            f" {TEXT_PROMPT_MAX_TOKENS} CLIP tokens, start and end markers included"
+            f" (about {words_in_tokens(TEXT_PROMPT_MAX_TOKENS)} words); a longer text is refused with `prompt_too_long`,"
+            " never cut. At most 200 characters."
+        ),
+    )
     boxes = serializers.ListField(
         child=serializers.ListField(child=serializers.FloatField(validators=[_finite]), min_length=4, max_length=4),
         required=False, max_length=MAX_BOXES, help_text="Exemplar boxes [x1, y1, x2, y2] of the concept.",
@@ -43,6 +52,14 @@ class PromptSerializer(serializers.Serializer):
         help_text="One box [x1, y1, x2, y2] around one object (interactive).",
     )
     multimask = serializers.BooleanField(required=False, default=False, help_text="Interactive: return 3 candidate masks.")
+
+    def validate_text(self, text: str) -> str:
+        # Exact token counts need the model's vocabulary, which only the workers load (they refuse
+        # with the exact count). Every word is at least one token, so too many words is refused here.
+        at_least = len(text.split()) + 2
+        if at_least > TEXT_PROMPT_MAX_TOKENS:
+            raise InvalidInput(text_prompt_too_long_message(at_least, at_least=True), code="prompt_too_long")
+        return text
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         concept = "text" in data or "boxes" in data
@@ -73,8 +90,8 @@ class PromptListField(serializers.ListField):
             if raw is empty:
                 return empty
             try:
-                return json.loads(raw)
-            except json.JSONDecodeError:
+                return loads_checked(raw, where=f"`{self.field_name}`")
+            except ValueError:
                 return raw  # rejected by to_internal_value with a clear message
         return super().get_value(dictionary)
 
@@ -91,7 +108,11 @@ class SegmentRequestSerializer(serializers.Serializer):
     mask_threshold = serializers.FloatField(required=False, default=0.5, min_value=0.0, max_value=1.0)
     mask_format = serializers.ChoiceField(
         choices=MASK_FORMATS, default="rle",
-        help_text="rle: COCO RLE with string counts (pycocotools); polygons: outer contours; png: base64 PNG; none.",
+        help_text=(
+            "rle: COCO RLE with string counts (pycocotools); polygons: one entry per connected component, "
+            "[exterior ring, hole ring, ...], each ring a flat [x, y, x, y, ...] list of pixel-corner coordinates "
+            "along the pixel edges (fill the rings even-odd to get the mask back exactly); png: base64 PNG; none."
+        ),
     )
     max_instances = serializers.IntegerField(required=False, min_value=1, max_value=1000)
 
@@ -105,7 +126,12 @@ class SegmentRequestSerializer(serializers.Serializer):
 class InstanceSerializer(serializers.Serializer):
     score = serializers.FloatField()
     box = serializers.ListField(child=serializers.FloatField(), help_text="[x1, y1, x2, y2] in original image pixels.")
-    mask = serializers.JSONField(help_text="Per mask_format: {size, counts} (rle), [[x, y, ...]] (polygons), base64 (png).")
+    mask = serializers.JSONField(
+        help_text=(
+            "Per mask_format: {size, counts} (rle), [[[x, y, ...], ...], ...] (polygons: components, each a list of"
+            " rings), base64 (png)."
+        )
+    )
 
 
 class PromptResultSerializer(serializers.Serializer):

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.jobs import TEXT_PROMPT_MAX_TOKENS, text_prompt_too_long_message
+
 from .loader import LoadedSam3
 
 # Text the SAM3 processor substitutes when only exemplar boxes are given.
@@ -205,6 +207,32 @@ def _to_model(loaded: LoadedSam3, batch) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- concept prompts
 
 
+class PromptTooLong(ValueError):
+    """A text prompt longer than the text encoder reads (transformers' own error names its internals)."""
+
+    code = "prompt_too_long"
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        self.tokens, self.limit = tokens, limit
+        super().__init__(text_prompt_too_long_message(tokens, limit))
+
+
+def text_token_limit(loaded: LoadedSam3) -> int:
+    """Tokens (start/end markers included) a text prompt may have: what the processors keep and
+    the text encoder has positions for."""
+    positions = int(loaded.model.config.detector_config.text_config.max_position_embeddings)
+    return min(TEXT_PROMPT_MAX_TOKENS, positions)
+
+
+def check_text_prompt(loaded: LoadedSam3, text: str) -> int:
+    """The prompt's token count; ``PromptTooLong`` (a ValueError) when the text encoder cannot read it whole."""
+    tokens = len(loaded.tokenizer(text, verbose=False)["input_ids"])
+    limit = text_token_limit(loaded)
+    if tokens > limit:
+        raise PromptTooLong(tokens, limit)
+    return tokens
+
+
 def _check_box(box: Box, name: str = "box") -> list[float]:
     values = [float(v) for v in box]
     if len(values) != 4 or not all(np.isfinite(values)):
@@ -278,6 +306,8 @@ def segment_concept(
             raise ValueError("box_labels must have one label per box")
         if any(label not in (0, 1) for label in labels):
             raise ValueError("box labels must be 1 (positive) or 0 (negative)")
+    if text:
+        check_text_prompt(loaded, text)
 
     height, width = features.original_size
     prompt = {"text": text or VISUAL_PROMPT_TEXT, "original_sizes": [[height, width]], "return_tensors": "pt"}

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .engine import Box, Instances, Point, masks_to_boxes
+from .engine import Box, Instances, Point, check_text_prompt, masks_to_boxes
 from .loader import LoadedSam3
 
 
@@ -180,6 +180,7 @@ class ConceptVideoSession:
         text = (text or "").strip()
         if not text:
             raise ValueError("text prompt is empty")
+        check_text_prompt(self.loaded, text)
         is_new = text not in self.session.prompts.values()
         self.loaded.video_processor.add_text_prompt(self.session, text)
         if is_new and restart:
