@@ -475,8 +475,101 @@ def test_batched_features(loaded):
     assert engine.compute_image_features_batch(loaded, []) == []
 
 
-def test_warmup(loaded):
-    engine.warmup(loaded)
+def test_warmup_runs_every_image_path_once(tiny_dir):
+    """Warmup must have run the backbone (both necks), the text encoder, the detector and the
+    tracker's mask decoder, so the first request finds them compiled/initialised, and left the
+    box-only prompt text encoded."""
+    fresh = load_sam3(tiny_dir, None, "cpu")
+    modules = {
+        "backbone": fresh.detector.vision_encoder,
+        "text encoder": fresh.detector.text_encoder,
+        "detector decoder": fresh.detector.detr_decoder,
+        "detector masks": fresh.detector.mask_decoder,
+        "tracker neck": fresh.model.tracker_neck,
+        "tracker masks": fresh.tracker.mask_decoder,
+    }
+    calls = dict.fromkeys(modules, 0)
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        for name, module in modules.items()
+    ]
+    try:
+        assert engine.warmup(fresh) is None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == dict.fromkeys(modules, 1)
+    assert list(fresh.text_cache) == [engine.VISUAL_PROMPT_TEXT]  # box-only prompts skip the text encoder
+    assert not fresh.model.training
+
+
+def test_tiny_checkpoint_loads_as_the_declared_tiny_model(tiny_dir):
+    """What write_tiny_checkpoint writes, read back by the real loader, is tiny_video_config() with
+    build_tiny_model()'s weights and a tokenizer that fits its text encoder exactly."""
+    from inference.runtime.tiny import build_tiny_model
+    from inference.runtime.tokenizer import bpe_vocab_size
+
+    def comparable(value):  # the dtype and source path are recorded on load, not declared
+        if isinstance(value, dict):
+            return {k: comparable(v) for k, v in value.items() if k not in ("dtype", "_name_or_path")}
+        return value
+
+    loaded_model = load_sam3(tiny_dir, None, "cpu")
+    vocab_size = bpe_vocab_size(tiny_dir / "bpe_simple_vocab_16e6.txt.gz")
+    assert comparable(loaded_model.model.config.to_dict()) == comparable(tiny_video_config(vocab_size).to_dict())
+    assert vocab_size == loaded_model.model.config.detector_config.text_config.vocab_size == len(loaded_model.tokenizer)
+    assert loaded_model.resolution == 224 and loaded_model.is_tiny_random
+
+    declared = build_tiny_model(seed=0, vocab_size=vocab_size).state_dict()
+    state = loaded_model.model.state_dict()
+    assert state.keys() == declared.keys()
+    assert all(torch.equal(state[name], tensor) for name, tensor in declared.items())
+    other_seed = build_tiny_model(seed=1, vocab_size=vocab_size).state_dict()
+    assert not all(torch.equal(state[name], tensor) for name, tensor in other_seed.items())
+
+    marker = json.loads((tiny_dir / TINY_MARKER_FILE).read_text())
+    assert marker["seed"] == 0 and marker["parameters"] == loaded_model.identity["parameters"]
+    assert loaded_model.tokenizer("a dog").input_ids[1:-1] == [320, loaded_model.tokenizer.convert_tokens_to_ids("dog</w>")]
+
+
+# --------------------------------------------------------------------------- text prompt length
+
+
+def test_text_prompt_token_limit(loaded, features):
+    """The text encoder has 32 positions; a longer prompt is refused in our words, not transformers'."""
+    assert engine.text_token_limit(loaded) == 32
+    fits = "dog " * 30  # 30 one-token words + start and end markers = 32 tokens
+    assert engine.check_text_prompt(loaded, fits) == 32
+    assert len(engine.segment_concept(loaded, features, text=fits, threshold=0.0)) == 20
+    with pytest.raises(engine.PromptTooLong) as refused:
+        engine.segment_concept(loaded, features, text=fits + "dog", threshold=0.0)
+    assert refused.value.code == "prompt_too_long" and (refused.value.tokens, refused.value.limit) == (33, 32)
+    assert str(refused.value).startswith("The text prompt has 33 tokens; the text encoder reads at most 32")
+    assert "max_position_embeddings" not in str(refused.value)
+    assert isinstance(refused.value, ValueError)  # the worker maps the engine's ValueErrors to 400
+    # Few words, many tokens: words unknown to the vocabulary split into pieces.
+    with pytest.raises(engine.PromptTooLong) as refused:
+        engine.segment_concept(loaded, features, text="quixotic zephyrs juxtapose xylophones", threshold=0.0)
+    assert refused.value.tokens == 33
+
+
+def test_video_text_prompt_token_limit(loaded):
+    session = ConceptVideoSession(loaded, _video(2))
+    with pytest.raises(engine.PromptTooLong):
+        session.add_text_prompt("dog " * 31)
+    assert session.prompts == []
+    assert session.add_text_prompt("dog " * 30) == [("dog " * 30).strip()]
+
+
+def test_every_word_is_at_least_one_token(loaded):
+    """The web refuses a text whose words + 2 markers exceed the limit without the vocabulary; that is
+    only right if no text tokenizes into fewer tokens than it has whitespace-separated words."""
+    generator = np.random.default_rng(5)
+    alphabet = list("abcxyz dog,.!?'-0123456789 \t\n") + ["é", "e\u0301", "\u00a0", "\u2009", "\u3000", "\u200b",
+                                                            "🐕", "狗", "\u0301", "\x1c", "\x85", "'s", "'ll"]
+    for _ in range(500):
+        text = "".join(generator.choice(alphabet, size=int(generator.integers(1, 60))))
+        assert len(loaded.tokenizer(text, verbose=False).input_ids) >= len(text.split()) + 2, repr(text)
 
 
 # --------------------------------------------------------------------------- video
