@@ -167,3 +167,46 @@ def test_video_model_disabled_refuses_sessions(alice, monkeypatch) -> None:  # n
     response = alice.client.post("/api/v1/sessions/", {"video": video}, format="json")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "video_disabled"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)  # the request runs on another thread, with its own connection
+def test_worker_dying_during_an_image_request_answers_within_the_deadline(
+    tiny_checkpoint: Path, tmp_path: Path, alice, monkeypatch  # noqa: ANN001
+) -> None:
+    """kill -9 of the worker holding a request: the client gets 503/504 by the deadline, never a hang."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from django.conf import settings
+
+    workers = launch_workers(tmp_path, tiny_checkpoint)
+    try:
+        image_id = upload(alice.client, 7)
+        queue = read_registry()[0].queue
+        celery_pids = [int(pid) for pid in os.popen(f"pgrep -f 'celery.*-Q {queue}'").read().split()]
+        assert celery_pids
+        for pid in celery_pids:
+            os.kill(pid, signal.SIGSTOP)  # the request will be in the worker's hands when it dies
+        monkeypatch.setattr(settings.CONFIG, "inference_timeout_seconds", 6.0)
+        answer: dict[str, object] = {}
+
+        def ask() -> None:
+            started = time.monotonic()
+            response = alice.client.post(SEGMENT, {"image": image_id, "prompts": [{"text": "dog"}]}, format="json")
+            answer.update(status=response.status_code, code=response.json()["error"]["code"], seconds=time.monotonic() - started)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(1.0)
+        for pid in celery_pids:
+            os.kill(pid, signal.SIGKILL)
+        asking.join(timeout=30)
+        assert not asking.is_alive(), "the request hung after its worker died"
+        assert answer["status"] in (503, 504), answer
+        assert answer["code"] in ("deadline_exceeded", "model_unavailable", "worker_lost"), answer
+        assert answer["seconds"] < 6.0 + 3.0, answer
+    finally:
+        workers.stop()
