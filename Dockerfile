@@ -27,9 +27,9 @@ RUN groupadd --system --gid 10001 sam3 \
 
 WORKDIR /app
 
-# Dependencies first so code changes do not reinstall torch.
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
+# Dependencies first so code changes do not reinstall torch; exact versions from the lock.
+COPY requirements.txt constraints.txt ./
+RUN pip install -r requirements.txt -c constraints.txt
 
 # The code stays root-owned (read-only for the server); only the data paths are writable.
 COPY . .
