@@ -23,7 +23,7 @@ from inference.jobs import ImageJob
 from inference.runtime_process import embedded_runtime
 from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, Overloaded, Unavailable
 
-INFLIGHT_KEY = "sam3:inflight:{queue}"
+INFLIGHT_KEY = settings.CONFIG.redis_key_prefix + ":inflight:{queue}"
 RETRY_AFTER_SECONDS = 2
 
 # Atomically: forget expired entries, refuse when full, else admit. Entries carry their deadline
@@ -92,7 +92,7 @@ async def _run_on_worker(job: ImageJob) -> dict[str, Any]:
 
 async def call_worker(task: Any, *, queue: str, args: tuple, deadline: float) -> dict[str, Any]:
     """Send ``task`` to one worker's queue and await its reply (a per-call Redis list) until ``deadline``."""
-    reply_key = f"sam3:reply:{uuid.uuid4().hex}"
+    reply_key = f"{settings.CONFIG.redis_key_prefix}:reply:{uuid.uuid4().hex}"
     await sync_to_async(task.apply_async, thread_sensitive=False)(
         args=(*args, reply_key), queue=queue, expires=max(0.0, deadline - time.time())
     )

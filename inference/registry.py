@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-WORKERS_KEY = "sam3:workers"
+WORKERS_KEY = f"{settings.CONFIG.redis_key_prefix}:workers"
 HEARTBEAT_SECONDS = 1.0
 
 

@@ -169,6 +169,11 @@ class Config(BaseSettings):
     database_pool_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="Wait for a free pooled connection before answering 503 database_unavailable."
     )
+    redis_key_prefix: str = Field(
+        "sam3", pattern=r"^[A-Za-z0-9_.-]{1,40}$",
+        description="Prefix of every Redis key the server writes (cache, worker registry, admission, replies, "
+        "channel layer, Celery), so that deployments or test runs can share one Redis database.",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis for Celery, the channel layer, rate counters and caching. "

@@ -119,7 +119,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "sam3",
+            "KEY_PREFIX": CONFIG.redis_key_prefix,
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
@@ -128,7 +128,10 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # channels_redis waits up to 5 s in BZPOPMIN; redis-py's default 5 s socket timeout would
             # race it, so the socket timeout is set above that.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 200, "expiry": 60},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 200, "expiry": 60,
+                "prefix": f"{CONFIG.redis_key_prefix}:asgi",
+            },
         }
     }
 else:
@@ -138,6 +141,8 @@ else:
 # --- Celery (embedded default: tasks run in-process) ---
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{CONFIG.redis_key_prefix}:"}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{CONFIG.redis_key_prefix}:"}
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"

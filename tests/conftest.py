@@ -1,7 +1,9 @@
 """Fixtures: API clients with real keys, media files, and real server processes.
 
 Tests run against the machine's real Postgres (test database made by pytest-django) and Redis
-(database 15, flushed before each test).
+(database 15 unless REDIS_URL says otherwise), every key of this run under its own prefix
+(tests/isolation.py): rate counters are cleared before each test, everything the run wrote is
+deleted at its end.
 """
 
 from __future__ import annotations
@@ -31,12 +33,20 @@ from accounts.services import api_key_create
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_keys_of_this_run() -> Iterator[None]:
+    yield
+    client = cache._cache.get_client(write=True)
+    for key in client.scan_iter(match=f"{settings.CONFIG.redis_key_prefix}:*"):
+        client.delete(key)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_redis_and_dirs() -> None:
-    # Rate counters live in the cache; model workers' registry and queues share the Redis database
-    # and must survive, so only the cache's own keys go.
+    # Rate counters live in the cache; the model workers' registry and queues (module-scoped
+    # fixtures) must survive from test to test, so only the rate counters go.
     client = cache._cache.get_client(write=True)
-    for key in client.scan_iter(match="sam3:*:rl:*"):
+    for key in client.scan_iter(match=f"{settings.CONFIG.redis_key_prefix}:*:rl:*"):
         client.delete(key)
     for directory in (settings.UPLOAD_DIR, settings.OUTPUT_DIR):
         shutil.rmtree(directory, ignore_errors=True)
