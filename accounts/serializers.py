@@ -20,7 +20,10 @@ class EffectiveQuotaSerializer(serializers.Serializer):
 
 
 class UsageSerializer(serializers.ModelSerializer):
-    api_key = serializers.CharField(source="api_key.prefix", default=None, read_only=True)
+    api_key = serializers.CharField(
+        source="api_key.prefix", default=None, read_only=True, allow_null=True,
+        help_text="Prefix of the key; null for keys from API_KEYS and for the browsable API's login.",
+    )
 
     class Meta:
         model = DailyUsage

@@ -15,6 +15,7 @@ from inference import dispatch
 from inference.metrics import REQUESTS
 from sam3site.api import validated
 from sam3site.errors import ApiError
+from sam3site.schema import errors
 from segmentation import services
 from segmentation.serializers import SegmentRequestSerializer, SegmentResponseSerializer
 
@@ -36,7 +37,7 @@ class SegmentImageView(APIView):
 
     @extend_schema(
         request={"application/json": SegmentRequestSerializer, "multipart/form-data": SegmentRequestSerializer},
-        responses=SegmentResponseSerializer,
+        responses={200: SegmentResponseSerializer, **errors(404, 503, 504)},
         examples=[
             OpenApiExample(
                 "Text prompt on an uploaded image",

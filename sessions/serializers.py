@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from sam3site.schema import paginated
 from segmentation.serializers import PromptSerializer
 from sessions.models import SessionPrompt, VideoSession
 
@@ -86,3 +87,55 @@ class FrameResultSerializer(serializers.Serializer):
     object_id = serializers.IntegerField(required=False, help_text="Points prompts: the object added or refined.")
 
 
+# --- response bodies of the session commands (sessions.commands, sessions.worker), for the schema ---
+
+class PropagationLegSerializer(serializers.Serializer):
+    reverse = serializers.BooleanField(help_text="Backward (towards frame 0).")
+    first = serializers.IntegerField(help_text="The first frame the leg delivers.")
+    max_frames = serializers.IntegerField(allow_null=True, help_text="Frames after the first one; null: to the end.")
+
+
+class PropagationSerializer(serializers.Serializer):
+    """The propagation record: ``VideoSession.propagation`` as sessions.commands.session_propagate starts it."""
+
+    direction = serializers.ChoiceField(choices=["forward", "backward", "both"])
+    start_frame = serializers.IntegerField()
+    max_frames = serializers.IntegerField(allow_null=True)
+    state = serializers.ChoiceField(
+        choices=["running", "done", "cancelled", "interrupted", "failed"], help_text="`running` when just started."
+    )
+    frames_done = serializers.IntegerField()
+    last_frame = serializers.IntegerField(allow_null=True)
+    legs = PropagationLegSerializer(many=True, required=False, help_text="The passes over the video, in order.")
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    resumed = serializers.BooleanField()
+
+
+class PropagationStartedSerializer(serializers.Serializer):
+    propagation = PropagationSerializer()
+
+
+class WorkerResultSerializer(serializers.Serializer):
+    worker = serializers.CharField(required=False, help_text="The model worker that ran the command (not in the embedded mode).")
+
+
+class CancelResultSerializer(WorkerResultSerializer):
+    cancelling = serializers.BooleanField(help_text="False when the worker had already finished the propagation.")
+
+
+class ObjectsResultSerializer(WorkerResultSerializer):
+    objects = serializers.ListField(child=serializers.IntegerField(), help_text="Ids of the objects still tracked.")
+
+
+class RemovedObjectSerializer(ObjectsResultSerializer):
+    removed = serializers.IntegerField(help_text="The object no longer tracked.")
+
+
+class TicketSerializer(serializers.Serializer):
+    ticket = serializers.CharField(help_text="Single use: connect to /ws/sessions/<id>/?ticket=<ticket>.")
+    expires_in = serializers.IntegerField(help_text="Seconds the ticket stays valid.")
+
+
+PaginatedVideoSessionListSerializer = paginated(VideoSessionSerializer)
+PaginatedFrameResultListSerializer = paginated(FrameResultSerializer)

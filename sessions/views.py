@@ -6,7 +6,7 @@ from typing import Any
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.core.cache import cache
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,13 +14,21 @@ from rest_framework.response import Response
 from sam3site.api import validated
 from sam3site.errors import NotFound
 from sam3site.pagination import BoundedLimitOffsetPagination
+from sam3site.schema import PAGINATION_PARAMETERS, errors
 from sessions import commands, selectors, services
 from sessions.models import VideoSession
 from sessions.serializers import (
+    CancelResultSerializer,
     FrameResultSerializer,
     ObjectSerializer,
+    ObjectsResultSerializer,
+    PaginatedFrameResultListSerializer,
+    PaginatedVideoSessionListSerializer,
     PropagateSerializer,
+    PropagationStartedSerializer,
+    RemovedObjectSerializer,
     SessionCreateSerializer,
+    TicketSerializer,
     VideoPromptSerializer,
     VideoSessionDetailSerializer,
     VideoSessionSerializer,
@@ -44,7 +52,7 @@ class SessionViewMixin:
 class SessionListView(SessionViewMixin, APIView):
     """Your video sessions; POST opens one on an uploaded video."""
 
-    @extend_schema(responses=VideoSessionSerializer(many=True))
+    @extend_schema(operation_id="v1_sessions_list", responses=PaginatedVideoSessionListSerializer, parameters=PAGINATION_PARAMETERS)
     async def get(self, request: Request) -> Response:
         def page() -> Response:
             paginator = BoundedLimitOffsetPagination()
@@ -53,7 +61,7 @@ class SessionListView(SessionViewMixin, APIView):
 
         return await sync_to_async(page)()
 
-    @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer})
+    @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer, **errors(404, 503, 504)})
     async def post(self, request: Request) -> Response:
         data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
         session = await commands.session_open(owner=request.user, video_id=data["video"])
@@ -75,7 +83,14 @@ class SessionDetailView(SessionViewMixin, APIView):
 
 
 class SessionPromptView(SessionViewMixin, APIView):
-    @extend_schema(request=VideoPromptSerializer, responses=FrameResultSerializer, summary="Prompt on a frame")
+    @extend_schema(
+        request=VideoPromptSerializer, responses={200: FrameResultSerializer, **errors(409, 410, 503, 504)},
+        summary="Prompt on a frame",
+        examples=[
+            OpenApiExample("Text: track every person", value={"frame": 0, "text": "person"}, request_only=True),
+            OpenApiExample("A click on a new object", value={"frame": 0, "points": [[32, 24]], "point_labels": [1]}, request_only=True),
+        ],
+    )
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         prompt = await sync_to_async(validated)(VideoPromptSerializer, request.data)
@@ -83,7 +98,10 @@ class SessionPromptView(SessionViewMixin, APIView):
 
 
 class SessionRemoveObjectView(SessionViewMixin, APIView):
-    @extend_schema(request=ObjectSerializer, responses={200: None}, summary="Stop tracking an object")
+    @extend_schema(
+        request=ObjectSerializer, responses={200: RemovedObjectSerializer, **errors(409, 410, 503, 504)},
+        summary="Stop tracking an object", examples=[OpenApiExample("An object", value={"object_id": 10000}, request_only=True)],
+    )
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         data = await sync_to_async(validated)(ObjectSerializer, request.data)
@@ -91,14 +109,21 @@ class SessionRemoveObjectView(SessionViewMixin, APIView):
 
 
 class SessionResetView(SessionViewMixin, APIView):
-    @extend_schema(request=None, responses={200: None}, summary="Forget every prompt and object")
+    @extend_schema(
+        request=None, responses={200: ObjectsResultSerializer, **errors(400, 409, 410, 503, 504)},
+        summary="Forget every prompt and object",
+    )
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         return Response(await commands.session_edit(session=session, kind="reset"))
 
 
 class SessionPropagateView(SessionViewMixin, APIView):
-    @extend_schema(request=PropagateSerializer, responses={202: None}, summary="Propagate (results stream over the websocket)")
+    @extend_schema(
+        request=PropagateSerializer, responses={202: PropagationStartedSerializer, **errors(409, 410, 503, 504)},
+        summary="Propagate (results stream over the websocket)",
+        examples=[OpenApiExample("Forward from the first frame", value={"direction": "forward", "start_frame": 0}, request_only=True)],
+    )
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         data = await sync_to_async(validated)(PropagateSerializer, request.data)
@@ -110,7 +135,10 @@ class SessionPropagateView(SessionViewMixin, APIView):
 
 
 class SessionCancelView(SessionViewMixin, APIView):
-    @extend_schema(request=None, responses={202: None}, summary="Cancel the running propagation")
+    @extend_schema(
+        request=None, responses={202: CancelResultSerializer, **errors(400, 409, 410, 503, 504)},
+        summary="Cancel the running propagation",
+    )
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         return Response(await commands.session_cancel(session=session), status=status.HTTP_202_ACCEPTED)
@@ -120,8 +148,12 @@ class SessionFramesView(SessionViewMixin, APIView):
     """Stored per-frame results, in frame order (everything propagation produced, even if no one listened)."""
 
     @extend_schema(
-        responses=FrameResultSerializer(many=True),
-        parameters=[OpenApiParameter("from_frame", int), OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        operation_id="v1_sessions_frames_list",
+        responses={200: PaginatedFrameResultListSerializer, **errors(410)},
+        parameters=[
+            OpenApiParameter("from_frame", int, description="Only frames from this index on (digits; anything else is ignored)."),
+            *PAGINATION_PARAMETERS,
+        ],
     )
     async def get(self, request: Request, session_id: str) -> Response:
         def page() -> Response:
@@ -140,7 +172,7 @@ class SessionTicketView(SessionViewMixin, APIView):
     """A single-use websocket ticket for browsers, which cannot send headers on websockets:
     connect to ``/ws/sessions/<id>/?ticket=...`` within 60 s."""
 
-    @extend_schema(request=None, responses={201: None})
+    @extend_schema(request=None, responses={201: TicketSerializer, **errors(410)})
     async def post(self, request: Request, session_id: str) -> Response:
         session = await sync_to_async(self.get_session)(request, session_id)
         ticket = secrets.token_urlsafe(24)

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import FileResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
@@ -11,11 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.services import quota_of_request
+from sam3site.schema import binary_download, errors
 from uploads import services
 from uploads.models import Upload
 from uploads.serializers import UploadCreateSerializer, UploadSerializer
 
 
+@extend_schema_view(destroy=extend_schema(responses={204: None, **errors(409)}, summary="Delete the file"))
 class UploadViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
@@ -48,7 +49,7 @@ class UploadViewSet(
     def perform_destroy(self, instance: Upload) -> None:
         services.upload_delete(upload=instance)
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, summary="Download the file")
+    @extend_schema(responses=binary_download(), summary="Download the file (served as the media type it was probed as)")
     @action(detail=True, methods=["get"])
     def content(self, request: Request, pk: str | None = None) -> FileResponse:
         upload = self.get_object()
