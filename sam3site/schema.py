@@ -113,6 +113,12 @@ class ApiAutoSchema(AutoSchema):
         operation["responses"] = dict(sorted(responses.items()))
         return operation
 
+    def get_auth(self) -> list[dict[str, list[str]]]:
+        auth = super().get_auth()
+        if getattr(self.view, "anonymous_allowed", False) and {} not in auth:
+            auth.append({})  # with REQUIRE_API_KEY=False the view also serves clients without a key
+        return auth
+
     def _implied_error_statuses(self, operation: dict[str, Any]) -> set[int]:
         statuses: set[int] = set()
         if self.view.get_permissions():  # ApiKeyPolicy and friends: a key is checked, staff-only views refuse

@@ -147,3 +147,10 @@ class SegmentResponseSerializer(serializers.Serializer):
     cache_hit = serializers.BooleanField(help_text="The image's features came from the worker's cache.")
     worker = serializers.CharField(help_text="The model worker that computed the result.")
     timings_ms = serializers.DictField(help_text="queued, compute, postprocess, total.")
+
+
+class SegmentFormSerializer(SegmentRequestSerializer):
+    """The multipart/form-data form of a segment request (for the schema): form fields are flat, so
+    ``prompts`` is one field holding the JSON list."""
+
+    prompts = serializers.CharField(help_text='The prompt list as JSON text, e.g. `[{"text": "dog"}]`.')

@@ -17,7 +17,7 @@ from sam3site.api import validated
 from sam3site.errors import ApiError
 from sam3site.schema import errors
 from segmentation import services
-from segmentation.serializers import SegmentRequestSerializer, SegmentResponseSerializer
+from segmentation.serializers import SegmentFormSerializer, SegmentRequestSerializer, SegmentResponseSerializer
 
 
 class SegmentImageView(APIView):
@@ -36,7 +36,7 @@ class SegmentImageView(APIView):
         request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes
 
     @extend_schema(
-        request={"application/json": SegmentRequestSerializer, "multipart/form-data": SegmentRequestSerializer},
+        request={"application/json": SegmentRequestSerializer, "multipart/form-data": SegmentFormSerializer},
         responses={200: SegmentResponseSerializer, **errors(404, 503, 504)},
         examples=[
             OpenApiExample(
