@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import hypothesis
+import jsonschema
 import pytest
 import requests
 import schemathesis
@@ -46,6 +47,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
+from sam3site.errors import error_body
 from sessions.models import VideoSession
 from tests.conftest import KeyedClient, LiveServer, mp4_bytes, png_bytes
 from uploads.models import Upload
@@ -235,3 +237,30 @@ def test_the_server_keeps_its_openapi_contract(contract) -> None:
         if label.split(" ")[1] not in NO_SUCCESS_EXPECTED and not any(200 <= status < 300 for status in counts)
     ]
     assert not never_succeeded, f"no success response was checked for {never_succeeded}"
+
+
+@pytest.mark.django_db
+def test_every_operation_documents_the_errors_it_can_give(client) -> None:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    # The one error body (sam3site.errors.error_body) is what the schema's ErrorResponse describes.
+    error_response = {"$ref": "#/components/schemas/ErrorResponse", "components": schema["components"]}
+    jsonschema.validate(error_body("invalid", "Some fields are invalid.", {"prompts": ["required"]}, "abc"), error_response)
+    fields = schema["components"]["schemas"]["Error"]["properties"]
+    assert fields["detail"]["nullable"] and fields["request_id"]["nullable"]  # OpenAPI 3.0's null, unknown to jsonschema
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            expected = {"401", "403", "429"}
+            if "requestBody" in operation:
+                expected |= {"400", "413", "415"}
+            if any(parameter["in"] == "path" for parameter in operation.get("parameters", [])):
+                expected.add("404")
+            assert expected <= set(responses), (method, path, sorted(responses))
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+                if status in ("429", "503"):
+                    assert "Retry-After" in response["headers"], (method, path, status)
+    content = schema["paths"]["/api/v1/uploads/{id}/content/"]["get"]["responses"]["200"]["content"]
+    assert {"image/png", "image/jpeg", "video/mp4", "video/webm"} <= set(content)
+    assert "application/octet-stream" not in content
