@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP, and websockets (origin-checked, key-authenticated)."""
+"""ASGI entry point: HTTP, and websockets (key-authenticated, origin-checked)."""
 
 import os
 
@@ -8,14 +8,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sam3site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from sam3site.routing import websocket_urlpatterns  # noqa: E402
-from sam3site.websocket_auth import ApiKeyWebsocketAuthMiddleware  # noqa: E402
+from sam3site.websocket_auth import ApiKeyWebsocketAuthMiddleware, client_origin_validator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(ApiKeyWebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        # the key is read first: the origin check lets Origin-less programs through only with credentials
+        "websocket": ApiKeyWebsocketAuthMiddleware(client_origin_validator(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -15,6 +15,7 @@ from django.core.files.uploadedfile import UploadedFile
 
 from inference.jobs import ConceptPrompt, ImageJob, InteractivePrompt, Prompt
 from sam3site.errors import InvalidInput, NotFound, UnsupportedMedia
+from segmentation.prompt_geometry import check_prompts_inside
 from uploads.models import Upload
 from uploads.probing import probe_image
 
@@ -62,21 +63,9 @@ def inline_image_discard(image: ResolvedImage) -> None:
 
 def prompts_within_image(prompts: list[dict[str, Any]], image: ResolvedImage) -> list[Prompt]:
     """Typed prompts, refusing coordinates outside the image (a common client bug worth a clear error)."""
-
-    def check(values: list[float], what: str, index: int) -> None:
-        xs, ys = values[0::2], values[1::2]
-        if min(xs) < 0 or min(ys) < 0 or max(xs) > image.width or max(ys) > image.height:
-            raise InvalidInput(
-                f"prompts[{index}]: {what} {values} lies outside the {image.width}x{image.height} image.",
-                code="outside_image", detail={"prompt": index, "width": image.width, "height": image.height},
-            )
-
+    check_prompts_inside(prompts, image.width, image.height)
     typed: list[Prompt] = []
-    for index, prompt in enumerate(prompts):
-        for box in prompt.get("boxes", []) + ([prompt["box"]] if "box" in prompt else []):
-            check(box, "box", index)
-        for point in prompt.get("points", []):
-            check(point, "point", index)
+    for prompt in prompts:
         if "points" in prompt or "box" in prompt:
             typed.append(
                 InteractivePrompt(

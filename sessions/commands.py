@@ -14,9 +14,11 @@ from django.utils import timezone
 
 from accounts.services import quota_for
 from inference import dispatch
-from sam3site.errors import ApiError, Conflict, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable
+from sam3site.errors import ApiError, Conflict, Gone, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable
+from segmentation.prompt_geometry import check_prompt_inside
 from sessions import events, selectors, services
 from sessions.models import VideoSession
+from sessions.propagation import Leg, legs_direction, legs_plan, legs_to_resume
 from sessions.tasks import COMMAND_TIMEOUT_SECONDS, session_command
 from uploads.models import Upload
 
@@ -108,22 +110,35 @@ async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSessio
     try:
         opened = await send(session, {"op": "open", "video_path": str(session.video.path)})
     except ApiError as error:
-        await sync_to_async(services.session_set_status)(session_id=str(session.pk), status=VideoSession.Status.FAILED, error=error.message)
+        await sync_to_async(services.session_set_status)(
+            session_id=str(session.pk), status=VideoSession.Status.FAILED, error=error.message,
+            from_statuses=[VideoSession.Status.STARTING],
+        )
         raise
     await sync_to_async(services.session_set_status)(
-        session_id=str(session.pk), status=VideoSession.Status.READY, frame_count=opened["frame_count"]
+        session_id=str(session.pk), status=VideoSession.Status.READY, frame_count=opened["frame_count"],
+        from_statuses=[VideoSession.Status.STARTING],
     )
     await sync_to_async(session.refresh_from_db)()
     return session
 
 
+def require_open(session: VideoSession) -> None:
+    """An ended session (closed, expired, failed) keeps only its record: 410 with code
+    ``session_<status>`` for everything but reading the record and closing it again."""
+    if not session.is_open:
+        raise Gone(
+            f"The session is {session.status}; only its record remains (GET /api/v1/sessions/{session.pk}/).",
+            code=f"session_{session.status}", detail={"status": session.status},
+        )
+
+
 def _require_state(session: VideoSession, *allowed: str) -> None:
+    require_open(session)
     if session.status in allowed:
         return
     if session.status == VideoSession.Status.RECOVERING:
         raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)
-    if not session.is_open:
-        raise Conflict(f"The session is {session.status}.", code=f"session_{session.status}")
     raise Conflict(f"The session is {session.status}; wait for it or cancel the propagation.", code="session_busy")
 
 
@@ -133,6 +148,7 @@ async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> di
         raise InvalidInput(
             f"Frame {prompt['frame']} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
         )
+    check_prompt_inside(prompt, session.width, session.height)
     result = await send(session, {"op": "prompt", "prompt": prompt})
     # Logged as given: replaying the log in order gives new objects the same ids again.
     await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=prompt)
@@ -154,59 +170,63 @@ async def session_propagate(
     _require_state(session, VideoSession.Status.READY)
     previous = session.propagation
     if resume:
-        start_frame, direction = await sync_to_async(_resume_point)(session)
-        max_frames = None
-    start_frame = 0 if start_frame is None else start_frame
-    if not 0 <= start_frame < session.frame_count:
-        raise InvalidInput(f"start_frame {start_frame} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range")
-    propagation = {
-        "direction": direction, "start_frame": start_frame, "max_frames": max_frames, "state": "running",
-        "frames_done": 0, "last_frame": None, "started_at": timezone.now().isoformat(), "finished_at": None,
-        "resumed": resume,
-    }
-    await sync_to_async(services.session_set_status)(
-        session_id=str(session.pk), status=VideoSession.Status.PROPAGATING, propagation=propagation
+        legs = legs_to_resume(previous, session.frame_count)
+    else:
+        start_frame = 0 if start_frame is None else start_frame
+        if not 0 <= start_frame < session.frame_count:
+            raise InvalidInput(
+                f"start_frame {start_frame} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
+            )
+        legs = legs_plan(direction, start_frame, max_frames)
+    propagation = _propagation_record(legs, resume=resume)
+    started = await sync_to_async(services.session_set_status)(
+        session_id=str(session.pk), status=VideoSession.Status.PROPAGATING, propagation=propagation,
+        from_statuses=[VideoSession.Status.READY],
     )
+    if not started:  # another request started one (or closed the session) since this one looked
+        await sync_to_async(session.refresh_from_db)()
+        _require_state(session, VideoSession.Status.READY)
+        raise Conflict("The session changed meanwhile; try again.", code="session_busy")
     try:
-        await send(session, {"op": "propagate", "direction": direction, "start_frame": start_frame, "max_frames": max_frames})
+        await send(session, {"op": "propagate", "legs": propagation["legs"]})
     except ApiError:  # refused (nothing to propagate, worker lost...): as if it had not been asked
         await sync_to_async(services.session_set_status)(
-            session_id=str(session.pk), status=VideoSession.Status.READY, propagation=previous
+            session_id=str(session.pk), status=VideoSession.Status.READY, propagation=previous,
+            from_statuses=[VideoSession.Status.PROPAGATING],
         )
         raise
     return propagation
 
 
-def _resume_point(session: VideoSession) -> tuple[int, str]:
-    """Where an interrupted or cancelled propagation goes on: after its last stored frame, same way."""
-    previous = session.propagation
-    if previous.get("state") not in ("interrupted", "cancelled"):
-        raise Conflict("There is no interrupted or cancelled propagation to resume.", code="nothing_to_resume")
-    stored = selectors.frame_results(session=session).values_list("frame_index", flat=True)
-    if previous["direction"] == "backward":
-        reached = min((f for f in stored if f <= previous["start_frame"]), default=previous["start_frame"] + 1)
-        start, direction = reached - 1, "backward"
-    else:  # forward, or the forward part of "both"
-        reached = max((f for f in stored if f >= previous["start_frame"]), default=previous["start_frame"] - 1)
-        start, direction = reached + 1, "forward"
-    if not 0 <= start < session.frame_count:
-        raise Conflict("The interrupted propagation had already reached the end of the video.", code="nothing_to_resume")
-    return start, direction
+def _propagation_record(legs: list[Leg], *, resume: bool) -> dict[str, Any]:
+    """The propagation as the session record keeps it; ``legs`` is exactly what runs (a resumed
+    propagation may be the rest of a forward leg and then a whole backward one)."""
+    return {
+        "direction": legs_direction(legs), "start_frame": legs[0].first, "max_frames": legs[0].max_frames,
+        "legs": [leg.as_json() for leg in legs], "state": "running", "frames_done": 0, "last_frame": None,
+        "started_at": timezone.now().isoformat(), "finished_at": None, "resumed": resume,
+    }
 
 
 async def session_cancel(*, session: VideoSession) -> dict[str, Any]:
+    require_open(session)
     if session.status != VideoSession.Status.PROPAGATING:
         raise Conflict("No propagation is running.", code="not_propagating")
     return await send(session, {"op": "cancel"})
 
 
 async def session_close(*, session: VideoSession) -> None:
-    if session.is_open:
+    """Close: the record first (every later request sees the session ended and no late writer
+    can reopen it), then the worker's memory (cancelling a running propagation), then the files.
+    Closing an ended session again changes nothing (an expired one stays expired)."""
+    closed = await sync_to_async(services.session_set_status)(
+        session_id=str(session.pk), status=VideoSession.Status.CLOSED, from_statuses=VideoSession.OPEN_STATUSES
+    )
+    if closed:
         try:
             await send(session, {"op": "close"}, timeout=30)
         except ApiError:
             pass  # a lost worker holds nothing any more; the record is what matters
-    await sync_to_async(services.session_set_status)(session_id=str(session.pk), status=VideoSession.Status.CLOSED)
     await sync_to_async(services.session_files_remove)(session=session)
-    events.publish(str(session.pk), {"type": "status", "status": VideoSession.Status.CLOSED})
-
+    if closed:
+        events.publish(str(session.pk), {"type": "status", "status": VideoSession.Status.CLOSED})

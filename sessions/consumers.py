@@ -3,11 +3,18 @@
 Authentication: the X-API-Key header (programs), or for browsers a single-use ticket from
 ``POST /api/v1/sessions/<id>/ticket/`` as ``?ticket=`` or as the subprotocol ``ticket.<ticket>``.
 Only the session's owner may connect (anyone else's handshake is refused with HTTP 403, as a
-missing key is); origins are checked against ALLOWED_HOSTS.
+missing key is). A browser's Origin must match ALLOWED_HOSTS; clients that send no Origin
+(programs) are let through when they bring a key or a ticket (sam3site.websocket_auth).
 
 Server messages: ``frame``, ``progress``, ``done``, ``cancelled``, ``error``, ``status``, plus the
 answers to client commands (``prompt_result``, ``propagation``, ``cancelling``). Client messages:
-``{"type": "prompt", ...}``, ``{"type": "propagate", ...}``, ``{"type": "cancel"}``.
+``{"type": "prompt", ...}``, ``{"type": "propagate", ...}``, ``{"type": "cancel"}``. Binary, empty,
+non-JSON and unknown messages, and messages over MAX_MESSAGE_BYTES, are answered with an
+``error`` message and the socket stays open (daphne itself drops messages over
+``serve``'s WEBSOCKET_HARD_LIMIT_BYTES).
+
+When the session ends (closed, expired, failed) the socket gets the ``status`` event, then is
+closed with code SESSION_ENDED_CLOSE_CODE; connecting to an ended session does the same.
 
 Slow readers: the server cannot see how much of what it sent a client has read, so clients say
 so: ``{"type": "ack"}`` acknowledges every frame received so far. At most UNACKED_FRAME_LIMIT
@@ -33,13 +40,16 @@ from rest_framework.exceptions import ValidationError
 
 from sam3site.api import validated
 from sam3site.errors import ApiError, as_api_error
+from sam3site.websocket_auth import TICKET_SUBPROTOCOL_PREFIX
 from sessions import commands, events, selectors
 from sessions.models import VideoSession
 from sessions.serializers import PropagateSerializer, VideoPromptSerializer
 from sessions.views import ticket_cache_key
 
-TICKET_SUBPROTOCOL_PREFIX = "ticket."
 UNACKED_FRAME_LIMIT = 64
+MAX_MESSAGE_BYTES = 1024 * 1024  # client messages are small commands; bigger ones are answered with an error
+SESSION_ENDED_CLOSE_CODE = 4410  # "410 Gone" in the application's close-code range
+ENDED_STATUSES = frozenset({VideoSession.Status.CLOSED, VideoSession.Status.EXPIRED, VideoSession.Status.FAILED})
 
 
 @database_sync_to_async
@@ -84,6 +94,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.accept(subprotocol=subprotocol)
         await self.send_json({"type": "status", "status": session.status, "frame_count": session.frame_count,
                               "propagation": session.propagation})
+        if not session.is_open:
+            await self.close(code=SESSION_ENDED_CLOSE_CODE)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
@@ -97,6 +109,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             else:
                 self.unacked_frames += 1
         await self.send_json(event)
+        if event["type"] == "status" and event["status"] in ENDED_STATUSES:
+            await self.close(code=SESSION_ENDED_CLOSE_CODE)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
@@ -126,6 +140,20 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         except (ApiError, ValidationError) as failure:
             error = as_api_error(failure)
             await self._error(error.code, error.message, error.detail)
+            if error.status_code == 410:
+                await self.close(code=SESSION_ENDED_CLOSE_CODE)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        # channels raises on binary and empty messages, which kills the socket (1011)
+        if not text_data:
+            await self._error("invalid_message", "Messages are JSON text; binary and empty messages are not understood.")
+            return
+        if len(text_data.encode()) > MAX_MESSAGE_BYTES:
+            await self._error(
+                "message_too_large", f"Messages are at most {MAX_MESSAGE_BYTES} bytes.", {"limit_bytes": MAX_MESSAGE_BYTES}
+            )
+            return
+        await self.receive_json(await self.decode_json(text_data), **kwargs)
 
     async def decode_json(self, text_data: str) -> Any:
         try:

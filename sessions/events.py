@@ -37,6 +37,11 @@ class _Publisher:
                 await layer.group_send(group, {"type": "session.event", "event": event})
             except Exception as error:  # noqa: BLE001 - never stop draining
                 logger.warning("Session event not delivered: {}", error)
+            finally:
+                self.queue.task_done()  # type: ignore[union-attr]
+
+    async def drained(self) -> None:
+        await self.queue.join()  # type: ignore[union-attr]
 
     def put(self, group: str, event: dict[str, Any]) -> None:
         def enqueue() -> None:
@@ -72,6 +77,20 @@ def _current_publisher() -> _Publisher | None:
             threading.Thread(target=loop.run_forever, name="session-events", daemon=True).start()
             _publisher = _Publisher(loop)
         return _publisher
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait until the events published so far have reached the channel layer: a short-lived
+    process (cron's cleanup_sessions) must not exit with its events still queued."""
+    with _lock:
+        publisher = _publisher
+    if publisher is None or publisher.loop.is_closed():
+        return
+    done = asyncio.run_coroutine_threadsafe(publisher.drained(), publisher.loop)
+    try:
+        done.result(timeout)
+    except TimeoutError:
+        logger.warning("Session events still undelivered after {} s", timeout)
 
 
 def publish(session_id: str, event: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from inference.runtime.loader import LoadedSam3
 from inference.runtime.video import ConceptVideoSession, InteractiveVideoSession
 from sam3site.errors import Conflict, InvalidInput, NotFound
 from sessions.frames import VideoFrames
+from sessions.propagation import Leg
 
 INTERACTIVE_ID_BASE = 10_000
 KEEP_HISTORY_FRAMES = 32  # tracking state kept per object; forward tracking reads at most 16 frames back
@@ -140,34 +141,39 @@ class LiveSession:
 
     # --- propagation ---
 
-    def propagation(self, direction: str, start_frame: int, max_frames: int | None) -> Iterator[FrameObjects | None]:
+    def propagation(self, legs: list[Leg]) -> Iterator[FrameObjects | None]:
         """Check the request now, then return the frame results as both trackers produce them
         (``None`` between compute steps: a chance for the scheduler to run other work).
 
-        Forward covers start_frame onwards. Backward covers start_frame down to 0 for tracked
-        objects; concept tracking backward covers the frames before start_frame (SAM3 expects the
-        start frame from a forward pass). "both" is forward, then backward from the frame before."""
-        start_frame = self._check_frame(start_frame)
+        Each leg delivers its frames once, in its direction's order, with every tracker's objects.
+        Concept tracking backward starts one frame later (SAM3 leaves out the frame it starts a
+        backward pass on), so it covers a backward leg's first frame too, except on the last frame
+        of the video, where that leg's first frame has only the tracked objects."""
+        for leg in legs:
+            self._check_frame(leg.first)
         concept = self.concept if self.concept is not None and self.concept.prompts else None
         interactive = self.interactive if self.interactive is not None and self.interactive.object_ids else None
         if concept is None and interactive is None:
             raise Conflict("Add a prompt before propagating.", code="nothing_to_propagate")
-        legs = []
-        if direction in ("forward", "both"):
-            legs.append((False, start_frame, start_frame))
-        if direction in ("backward", "both"):
-            legs.append((True, start_frame, start_frame - 1 if direction == "both" else start_frame))
 
         def frames() -> Iterator[FrameObjects | None]:
-            for reverse, concept_start, interactive_start in legs:
+            for leg in legs:
                 sources: list[Iterator[tuple[int, Instances]]] = []
                 if concept is not None:
-                    sources.append(concept.propagate(start_frame=concept_start, reverse=reverse, max_frames=max_frames))
-                if interactive is not None and interactive_start >= 0:
-                    sources.append(interactive.propagate(start_frame=interactive_start, reverse=reverse, max_frames=max_frames))
-                yield from _merge_by_frame(sources, reverse)
+                    sources.append(self._concept_leg(concept, leg))
+                if interactive is not None:
+                    sources.append(interactive.propagate(start_frame=leg.first, reverse=leg.reverse, max_frames=leg.max_frames))
+                yield from _merge_by_frame(sources, leg.reverse)
 
         return frames()
+
+    def _concept_leg(self, concept: ConceptVideoSession, leg: Leg) -> Iterator[tuple[int, Instances]]:
+        if not leg.reverse:
+            return concept.propagate(start_frame=leg.first, max_frames=leg.max_frames)
+        if leg.first + 1 < self.frame_count:
+            more = None if leg.max_frames is None else leg.max_frames + 1
+            return concept.propagate(start_frame=leg.first + 1, reverse=True, max_frames=more)
+        return concept.propagate(start_frame=leg.first, reverse=True, max_frames=leg.max_frames)
 
     def close(self) -> None:
         self.reset()
@@ -177,20 +183,37 @@ class LiveSession:
 
 
 def _merge_by_frame(sources: list[Iterator[tuple[int, Instances]]], reverse: bool) -> Iterator[FrameObjects | None]:
-    """Step each tracker in turn; a frame is complete once every tracker that covers it has produced it."""
+    """Step each tracker in turn and deliver every frame once, in the direction's order.
+
+    Each tracker yields its frames in that order, but they cover different frames and run
+    at different delays (concept tracking holds frames back), so a frame is delivered once no
+    tracker can still produce it: each one has produced it, moved past it, or finished."""
     pending: dict[int, list[Instances]] = {}
-    active = list(sources)
+    reached: list[int | None] = [None] * len(sources)  # the latest frame of each tracker
+    active = set(range(len(sources)))
+
+    def settled(frame: int) -> bool:
+        return all(
+            index not in active or (seen is not None and (seen <= frame if reverse else seen >= frame))
+            for index, seen in enumerate(reached)
+        )
+
     while active:
-        for source in list(active):
+        for index in sorted(active):
             try:
-                frame, instances = next(source)
+                frame, instances = next(sources[index])
             except StopIteration:
-                active.remove(source)
-                continue
-            pending.setdefault(frame, []).append(instances)
-            if len(pending[frame]) == len(sources):
-                yield FrameObjects(frame, pending.pop(frame))
+                active.discard(index)
             else:
+                pending.setdefault(frame, []).append(instances)
+                reached[index] = frame
+            delivered = False
+            for frame in sorted(pending, reverse=reverse):
+                if not settled(frame):
+                    break
+                yield FrameObjects(frame, pending.pop(frame))
+                delivered = True
+            if not delivered:
                 yield None
     for frame in sorted(pending, reverse=reverse):
         yield FrameObjects(frame, pending.pop(frame))

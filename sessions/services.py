@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django.db.models import Max
 from django.utils import timezone
 from loguru import logger
 
+from sessions import events
 from sessions.models import FrameResult, SessionPrompt, VideoSession
 
 SESSIONS_DIR_NAME = "sessions"
@@ -28,13 +30,17 @@ def session_touch(*, session_id: str) -> None:
     VideoSession.objects.filter(pk=session_id).update(last_activity_at=timezone.now())
 
 
-def session_set_status(*, session_id: str, status: str, error: str = "", **fields: Any) -> None:
+def session_set_status(
+    *, session_id: str, status: str, from_statuses: Iterable[str], error: str = "", **fields: Any
+) -> bool:
+    """Compare-and-set: move the session to ``status`` only if it is in one of ``from_statuses``
+    (so a late writer cannot undo a close or an expiry). True when it moved."""
     updates: dict[str, Any] = {"status": status, "last_activity_at": timezone.now(), **fields}
     if error:
         updates["error"] = error
     if status in (VideoSession.Status.CLOSED, VideoSession.Status.EXPIRED):
         updates["closed_at"] = timezone.now()
-    VideoSession.objects.filter(pk=session_id).update(**updates)
+    return VideoSession.objects.filter(pk=session_id, status__in=list(from_statuses)).update(**updates) == 1
 
 
 def prompt_log_append(*, session: VideoSession, kind: str, frame_index: int | None, payload: dict[str, Any]) -> SessionPrompt:
@@ -76,8 +82,11 @@ def propagation_update(*, session_id: str, **changes: Any) -> dict[str, Any]:
 
 
 def session_files_remove(*, session: VideoSession) -> None:
+    """Delete an ended session's results: the files and their index (rows must not outlive the files)."""
     shutil.rmtree(session_output_dir(str(session.pk)), ignore_errors=True)
-    VideoSession.objects.filter(pk=session.pk).update(files_removed=True)
+    with transaction.atomic():
+        FrameResult.objects.filter(session_id=session.pk).delete()
+        VideoSession.objects.filter(pk=session.pk).update(files_removed=True)
 
 
 def session_claim(*, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:
@@ -89,18 +98,26 @@ def session_claim(*, session_id: str, from_worker: str, to_worker: str, to_queue
 
 
 def sessions_sweep(*, dry_run: bool = False, now: dt.datetime | None = None) -> dict[str, list[str]]:
-    """Expire idle sessions and delete the files of ended ones. Idempotent; safe from cron and workers."""
+    """Expire idle sessions and delete the files of ended ones. Idempotent; safe from cron and workers.
+
+    Each expiry is a compare-and-set (a session used or closed meanwhile is left alone) and is
+    told to the session's websocket clients."""
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=settings.CONFIG.session_timeout_seconds)
     idle = VideoSession.objects.filter(status__in=VideoSession.OPEN_STATUSES, last_activity_at__lt=cutoff)
-    expired = [str(pk) for pk in idle.values_list("pk", flat=True)]
+    candidates = [str(pk) for pk in idle.values_list("pk", flat=True)]
     ended = VideoSession.objects.exclude(status__in=VideoSession.OPEN_STATUSES).filter(files_removed=False)
     to_clean = [str(pk) for pk in ended.values_list("pk", flat=True)]
-    if not dry_run:
-        idle.filter(pk__in=expired).update(status=VideoSession.Status.EXPIRED, closed_at=now)
-        for session in VideoSession.objects.filter(pk__in=[*expired, *to_clean]):
-            session_files_remove(session=session)
-        if expired or to_clean:
-            logger.info("Session sweep: expired {}, cleaned {}", len(expired), len(set(expired) | set(to_clean)))
+    if dry_run:
+        return {"expired": candidates, "cleaned": sorted(set(candidates) | set(to_clean))}
+    expired = [
+        pk for pk in candidates
+        if idle.filter(pk=pk).update(status=VideoSession.Status.EXPIRED, closed_at=now) == 1
+    ]
+    for session_id in expired:
+        events.publish(session_id, {"type": "status", "status": VideoSession.Status.EXPIRED})
+    for session in VideoSession.objects.filter(pk__in=[*expired, *to_clean]):
+        session_files_remove(session=session)
+    if expired or to_clean:
+        logger.info("Session sweep: expired {}, cleaned {}", len(expired), len(set(expired) | set(to_clean)))
     return {"expired": expired, "cleaned": sorted(set(expired) | set(to_clean))}
-

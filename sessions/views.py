@@ -42,10 +42,13 @@ def ticket_cache_key(ticket: str) -> str:
 
 
 class SessionViewMixin:
-    def get_session(self, request: Request, session_id: Any) -> VideoSession:
+    def get_session(self, request: Request, session_id: Any, *, ended_ok: bool = False) -> VideoSession:
+        """The caller's session; an ended one answers 410 unless ``ended_ok`` (reading the record, closing)."""
         session = selectors.sessions_of(owner=request.user).filter(pk=session_id).first()
         if session is None:
             raise NotFound(f"Session {session_id} not found.", code="session_not_found")
+        if not ended_ok:
+            commands.require_open(session)
         return session
 
 
@@ -72,12 +75,12 @@ class SessionListView(SessionViewMixin, APIView):
 class SessionDetailView(SessionViewMixin, APIView):
     @extend_schema(responses=VideoSessionDetailSerializer)
     async def get(self, request: Request, session_id: str) -> Response:
-        session = await sync_to_async(self.get_session)(request, session_id)
+        session = await sync_to_async(self.get_session)(request, session_id, ended_ok=True)
         return Response(await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)())
 
     @extend_schema(responses={204: None}, summary="Close the session (frees the worker's memory and the results)")
     async def delete(self, request: Request, session_id: str) -> Response:
-        session = await sync_to_async(self.get_session)(request, session_id)
+        session = await sync_to_async(self.get_session)(request, session_id, ended_ok=True)
         await commands.session_close(session=session)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -163,7 +166,12 @@ class SessionFramesView(SessionViewMixin, APIView):
                 rows = rows.filter(frame_index__gte=int(start))
             paginator = BoundedLimitOffsetPagination(default_limit=20)
             chosen = paginator.paginate_queryset(rows, request, view=self)
-            return paginator.get_paginated_response([services.frame_result_read(row) for row in chosen])
+            try:
+                results = [services.frame_result_read(row) for row in chosen]
+            except FileNotFoundError:  # closed or expired while being read: its files went first
+                self.get_session(request, session_id)
+                raise
+            return paginator.get_paginated_response(results)
 
         return await sync_to_async(page)()
 

@@ -26,10 +26,12 @@ from sam3site.errors import Conflict, NotFound
 from sessions import events, selectors, services
 from sessions.encoding import frame_payload
 from sessions.live import FrameObjects, LiveSession
+from sessions.propagation import legs_from_json
 from sessions.models import VideoSession
 
-WATCHDOG_SECONDS = 1.0
+WATCHDOG_SECONDS = 0.5  # with the 1 s heartbeat and its 4 s timeout: a lost worker is noticed within 5 s
 PROGRESS_EVERY_FRAMES = 5
+_END = object()
 
 _manager: SessionManager | None = None
 
@@ -53,6 +55,8 @@ class SessionManager:
 
     def execute(self, command: dict[str, Any]) -> Future:
         op, session_id = command["op"], command["session_id"]
+        if op == "close" and (live := self.live.get(session_id)) is not None:
+            live.cancel.set()  # now, not after the running propagation's next frame: close wins over it
         if op == "cancel":
             done: Future = Future()
             live = self.live.get(session_id)
@@ -87,11 +91,12 @@ class SessionManager:
         if op == "close":
             live = self.live.pop(session_id, None)
             if live is not None:
+                live.cancel.set()
                 live.close()
             return {"closed": live is not None}
         live = self._live(session_id)
         if op == "propagate":  # checked here, on the model thread; the frames then stream
-            frames = live.propagation(command["direction"], int(command["start_frame"]), command.get("max_frames"))
+            frames = live.propagation(legs_from_json(command["legs"]))
             live.cancel.clear()
             self.runtime.scheduler.submit_stream(self._propagation(session_id, live, frames))
             return {"accepted": True}
@@ -125,9 +130,12 @@ class SessionManager:
         state, error = "done", ""
         events.publish(session_id, {"type": "status", "status": VideoSession.Status.PROPAGATING})
         try:
-            for item in frames:
-                if live.cancel.is_set():
+            while True:
+                if live.cancel.is_set():  # before computing the next step: a closed session's frames are not wanted
                     state = "cancelled"
+                    break
+                item = next(frames, _END)
+                if item is _END:
                     break
                 if item is None:
                     yield
@@ -149,10 +157,14 @@ class SessionManager:
                 finished_at=timezone.now().isoformat(),
                 **({"error": error} if error else {}),
             )
-            services.session_set_status(session_id=session_id, status=VideoSession.Status.READY)
+            # Only a propagating session becomes ready again: a session closed meanwhile stays closed.
+            ready = services.session_set_status(
+                session_id=session_id, status=VideoSession.Status.READY, from_statuses=[VideoSession.Status.PROPAGATING]
+            )
             final = {"done": "done", "cancelled": "cancelled"}.get(state, "error")
             events.publish(session_id, {"type": final, "frames_done": done, **({"message": error} if error else {})})
-            events.publish(session_id, {"type": "status", "status": VideoSession.Status.READY})
+            if ready:
+                events.publish(session_id, {"type": "status", "status": VideoSession.Status.READY})
             close_old_connections()
 
     # --- lifetime: recovery of orphaned sessions, sweeping ---
@@ -194,10 +206,18 @@ class SessionManager:
             self.runtime.scheduler.call(lambda: self._replay(session)).result()
         except Exception as failure:  # noqa: BLE001
             logger.exception("Session {} could not be rebuilt", session_id)
-            services.session_set_status(session_id=session_id, status=VideoSession.Status.FAILED, error=str(failure))
-            events.publish(session_id, {"type": "status", "status": VideoSession.Status.FAILED, "message": str(failure)})
+            if services.session_set_status(
+                session_id=session_id, status=VideoSession.Status.FAILED, error=str(failure),
+                from_statuses=[VideoSession.Status.RECOVERING],
+            ):
+                events.publish(session_id, {"type": "status", "status": VideoSession.Status.FAILED, "message": str(failure)})
+            self.execute({"op": "close", "session_id": session_id})
             return
-        services.session_set_status(session_id=session_id, status=VideoSession.Status.READY)
+        if not services.session_set_status(
+            session_id=session_id, status=VideoSession.Status.READY, from_statuses=[VideoSession.Status.RECOVERING]
+        ):  # closed or expired while being rebuilt: nothing to keep
+            self.execute({"op": "close", "session_id": session_id})
+            return
         events.publish(session_id, {"type": "status", "status": VideoSession.Status.READY, "recovered": True})
 
     def _replay(self, session: VideoSession) -> None:

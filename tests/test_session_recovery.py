@@ -11,6 +11,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
+from sam3site.config import Config
 from sessions.models import FrameResult, VideoSession
 from tests.conftest import launch_workers, read_registry
 from tests.test_sessions import api, open_session, propagation_finished, wait_for, ws_url
@@ -31,7 +32,12 @@ def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkp
 
 
 def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
-    workers = launch_workers(tmp_path, tiny_checkpoint)
+    # The default heartbeat timeout (not the fixtures' shorter one), and a second worker that
+    # notices the loss: a restarted worker would first have to start and load the model.
+    default_timeout = Config.model_fields["worker_heartbeat_timeout_seconds"].default
+    workers = launch_workers(
+        tmp_path, tiny_checkpoint, devices=("cpu", "cpu"), WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(default_timeout)
+    )
     try:
         server = start_server()
         frames = 80
@@ -47,15 +53,18 @@ def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start
             killed_at = time.monotonic()
             stored_before = FrameResult.objects.filter(session_id=session_id).count()
 
-            statuses = []
+            statuses, detected_in = [], None
             while "ready" not in statuses or "recovering" not in statuses:
                 message = json.loads(socket.recv(timeout=60))
                 if message["type"] == "status":
                     statuses.append(message["status"])
+                    if message["status"] == "recovering" and detected_in is None:
+                        detected_in = time.monotonic() - killed_at
             recovered_in = time.monotonic() - killed_at
         session = VideoSession.objects.get(pk=session_id)
         assert session.worker != old_worker and session.status == "ready"
         assert session.propagation["state"] == "interrupted"
+        assert detected_in is not None and detected_in <= 5.0, detected_in  # the loss is noticed within 5 s
         assert recovered_in < 45
         assert FrameResult.objects.filter(session_id=session_id).count() >= stored_before  # nothing lost
         frames_page = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?limit=200").json()

@@ -219,7 +219,7 @@ def test_bad_input(server, alice) -> None:  # noqa: ANN001
     assert api(server, alice.key, "POST", "/sessions/", json={"video": "00000000-0000-4000-8000-000000000000"}).status_code == 404
     assert api(server, alice.key, "DELETE", f"/sessions/{session_id}/").status_code == 204
     closed = post("/prompts/", {"frame": 0, "text": "dog"})
-    assert closed.status_code == 409 and closed.json()["error"]["code"] == "session_closed"
+    assert closed.status_code == 410 and closed.json()["error"]["code"] == "session_closed"
 
 
 def _png() -> bytes:
@@ -279,7 +279,7 @@ def test_expiry_and_the_cleanup_command(server, alice) -> None:  # noqa: ANN001
     assert VideoSession.objects.get(pk=session_id).status == "expired" and not output.exists()
     assert "Expired 0 idle session(s)" in cleanup()  # idempotent
     expired = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "text": "dog"})
-    assert expired.status_code == 409 and expired.json()["error"]["code"] == "session_expired"
+    assert expired.status_code == 410 and expired.json()["error"]["code"] == "session_expired"
     # results of an expired session are gone with it, but its record stays readable
     assert api(server, alice.key, "GET", f"/sessions/{session_id}/").json()["status"] == "expired"
 

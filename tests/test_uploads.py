@@ -99,6 +99,32 @@ def test_broken_files_are_refused_and_leave_nothing(alice, content: bytes, statu
     assert_nothing_left_on_disk()
 
 
+def _index_first(content: bytes, tmp_path) -> bytes:  # noqa: ANN001
+    """The same MP4 remuxed with its index (moov box) first, as most real MP4s are ("faststart")."""
+    import av
+
+    target = tmp_path / "faststart.mp4"
+    with av.open(io.BytesIO(content)) as source, av.open(str(target), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return target.read_bytes()
+
+
+def test_truncated_videos_are_refused(alice, tmp_path) -> None:  # noqa: ANN001
+    whole = _index_first(mp4_bytes(frames=60), tmp_path)
+    complete = upload(alice.client, whole, "clip.mp4", "video/mp4")
+    assert complete.status_code == 201 and complete.json()["frame_count"] == 60
+    plain = mp4_bytes(frames=60)
+    for cut in (whole[: len(whole) // 2], plain[: len(plain) // 2]):  # index kept (lists 60 frames) / index lost
+        response = upload(alice.client, cut, "clip.mp4", "video/mp4")
+        assert response.status_code == 400, response.json()
+        assert response.json()["error"]["code"] == "corrupt_file"
+    assert Upload.objects.count() == 1
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that claims huge dimensions: the classic decompression bomb."""
 

@@ -78,11 +78,27 @@ def _container_kind(format_name: str) -> tuple[str, str] | None:
     return None
 
 
+_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}  # HEIF/AVIF: images, unsupported
+
+
+def _looks_like_iso_media(path: Path) -> bool:
+    """MP4/MOV files (ISO base media) open with an ``ftyp`` box naming a video brand."""
+    with path.open("rb") as file:
+        head = file.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] not in _IMAGE_BRANDS
+
+
 def probe_video(path: Path) -> MediaInfo | None:
-    """Video info, or None when ffmpeg finds no supported video container with a video stream."""
+    """Video info, or None when ffmpeg finds no supported video container with a video stream.
+
+    The frame count is what is really there (packets read by one demux pass, no decoding), and
+    the last frames are decoded: a truncated or damaged file is refused here rather than failing
+    in the middle of a session. Only the first frame and the last group of pictures are decoded."""
     try:
         container = av.open(str(path), mode="r")
     except av.error.InvalidDataError:
+        if _looks_like_iso_media(path):  # an MP4/MOV whose index (moov box) is missing: cut off while copying
+            raise CorruptFile("The MP4/MOV file is truncated or damaged: its index (moov box) is missing.") from None
         return None
     except av.FFmpegError as error:
         raise CorruptFile(f"The video cannot be opened: {error}") from None
@@ -97,10 +113,7 @@ def probe_video(path: Path) -> MediaInfo | None:
             raise CorruptFile(f"The video cannot be decoded: {error}") from None
         if first is None:
             raise CorruptFile("The video has no decodable frames.")
-        frame_count = stream.frames
-        if not frame_count:
-            container.seek(0)
-            frame_count = sum(1 for packet in container.demux(stream) if packet.size)
+        frame_count = _check_complete(container, stream)
         fps = float(stream.average_rate) if stream.average_rate else None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * Fraction(stream.time_base))
@@ -109,6 +122,46 @@ def probe_video(path: Path) -> MediaInfo | None:
         else:
             duration = frame_count / fps if fps else None
         return MediaInfo("video", kind[0], kind[1], first.width, first.height, frame_count, fps, duration)
+
+
+def _check_complete(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The number of frames present (counted as sessions.frames counts them), after checking
+    that all the frames the container lists are there and that the last ones decode."""
+    container.seek(0)
+    pts: list[int] = []
+    keyframes: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None or not packet.size:
+                continue
+            if packet.is_corrupt:
+                raise CorruptFile(f"The video is truncated or damaged after {len(pts)} frames.", detail={"frames_present": len(pts)})
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+    except av.FFmpegError as error:
+        raise CorruptFile(f"The video cannot be read after {len(pts)} frames: {error}") from None
+    listed = stream.frames
+    if listed and len(pts) < listed:
+        raise CorruptFile(
+            f"The video is truncated: its container lists {listed} frames, {len(pts)} are present.",
+            detail={"frames_listed": listed, "frames_present": len(pts)},
+        )
+    if not pts:
+        raise CorruptFile("The video has no frames.")
+    last = max(pts)
+    tail_start = max((p for p in keyframes if p <= last), default=min(pts))
+    decoded: set[int] = set()
+    try:
+        container.seek(tail_start, stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                decoded.add(frame.pts)
+    except av.FFmpegError as error:
+        raise CorruptFile(f"The last frames of the video cannot be decoded: {error}") from None
+    if last not in decoded:
+        raise CorruptFile("The last frame of the video cannot be decoded.", detail={"frames_present": len(pts)})
+    return len(pts)
 
 
 def probe_media(path: Path, max_pixels: int) -> MediaInfo:

@@ -29,6 +29,7 @@ from loguru import logger
 
 RESTART_BACKOFF_SECONDS = 1.0
 SERVING_ENV = "SAM3_SERVING"  # set in daphne children: the embedded model runtime starts only there
+WEBSOCKET_HARD_LIMIT_BYTES = 4 * 1024 * 1024  # daphne drops the connection (1006) above this
 
 
 class Command(BaseCommand):
@@ -76,6 +77,10 @@ class Command(BaseCommand):
                 [
                     sys.executable, "-m", "sam3site.daphne_server", "--fd", str(listener.fileno()), "--proxy-headers",
                     "--access-log", os.devnull, "--application-close-timeout", "30",
+                    # above daphne's 1 MiB default, so that messages over the consumers' own limit
+                    # get an error message instead of a dropped connection (sessions.consumers)
+                    "--websocket-max-message-size", str(WEBSOCKET_HARD_LIMIT_BYTES),
+                    "--websocket-max-frame-size", str(WEBSOCKET_HARD_LIMIT_BYTES),
                     "sam3site.asgi:application",
                 ],
                 pass_fds=(listener.fileno(),),

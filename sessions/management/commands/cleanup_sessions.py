@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from sessions.events import flush as flush_events
 from sessions.services import sessions_sweep
 
 
@@ -22,6 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         outcome = sessions_sweep(dry_run=options["dry_run"])
+        flush_events()  # expiries are told to connected websockets before this process exits
         prefix = "Would expire" if options["dry_run"] else "Expired"
         self.stdout.write(f"{prefix} {len(outcome['expired'])} idle session(s): {' '.join(outcome['expired']) or '-'}")
         prefix = "Would remove" if options["dry_run"] else "Removed"
