@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -48,6 +50,8 @@ class ApiKeyViewSet(
 
     @extend_schema(request=ApiKeySerializer, responses={201: CreatedApiKeySerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        if not isinstance(request.data, Mapping):
+            raise InvalidInput("The body must be a JSON object.", code="invalid_body")
         if not request.user.is_staff and "user" in request.data:
             # Checked before any lookup: the answer must not tell whether that user exists.
             raise InvalidInput("Only staff may name a key's owner; leave `user` out.", code="field_not_allowed")

@@ -26,6 +26,12 @@ class BoundedWebRequest(http_protocol.WebRequest):
     _refused = False
     _body_received = 0
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Twisted would parse form bodies itself (a second copy of every upload in memory) and answer
+        # a bare, empty 400 to a form it cannot parse; Django parses them, and answers in our shape.
+        self._parsePOSTFormSubmission = False
+
     def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted's name
         if length is not None and length > self.body_limit:
             self._refuse()

@@ -130,6 +130,20 @@ def test_limits_hold_through_the_real_server(start_server, alice) -> None:  # no
     for code, response in answers.items():
         assert 400 <= response.status_code < 500, (code, response.status_code, response.text[:300])
         assert response.json()["error"]["code"] == code
+    # A multipart body with no parts: answered by Django in our shape, not by twisted with an empty 400.
+    boundary = "c637e12e2b1a998d80d1b087531af51c"
+    empty_form = requests.post(
+        f"{server.url}/api/v1/uploads/", data=f"--{boundary}--\r\n",
+        headers={"X-API-Key": alice.key, "Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=30,
+    )
+    assert empty_form.status_code == 400 and empty_form.json()["error"]["code"] == "invalid", empty_form.text
+
+
+@pytest.mark.parametrize("body", ["1", "false", "[]", '"text"', "null"])
+def test_a_json_body_that_is_no_object_is_a_400(alice, body: str) -> None:  # noqa: ANN001
+    for path in ("/api/v1/keys/", "/api/v1/segment/", "/api/v1/sessions/"):
+        response = alice.client.post(path, body, content_type="application/json")
+        assert response.status_code == 400, (path, body, response.content)
 
 
 @pytest.mark.slow
