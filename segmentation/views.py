@@ -6,7 +6,6 @@ from typing import Any
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from drf_spectacular.utils import OpenApiExample, extend_schema
-from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -15,6 +14,7 @@ from inference import dispatch
 from inference.metrics import REQUESTS
 from sam3site.api import validated
 from sam3site.errors import ApiError
+from sam3site.parsers import JSONParser, MultiPartParser
 from sam3site.schema import errors
 from segmentation import services
 from segmentation.serializers import SegmentFormSerializer, SegmentRequestSerializer, SegmentResponseSerializer

@@ -5,11 +5,11 @@ from django.http import FileResponse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.services import quota_of_request
+from sam3site.parsers import MultiPartParser
 from sam3site.schema import binary_download, errors
 from uploads import services
 from uploads.models import Upload
