@@ -6,7 +6,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.http import HttpRequest
 
 from accounts.models import ApiKey, DailyUsage, Quota
-from accounts.services import api_key_issue
+from accounts.services import api_key_issue, api_keys_revoke
 
 
 @admin.register(ApiKey)
@@ -27,7 +27,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request: HttpRequest, queryset: object) -> None:
-        revoked = queryset.update(revoked=True)  # type: ignore[attr-defined]
+        revoked = api_keys_revoke(keys=queryset)
         messages.success(request, f"Revoked {revoked} key(s).")
 
 

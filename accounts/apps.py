@@ -7,3 +7,6 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts import schema  # noqa: F401, PLC0415 - registers the OpenAPI auth extension
+        from accounts.cache import connect_signals  # noqa: PLC0415
+
+        connect_signals()  # a change to a key, user or quota clears this process's cached identities

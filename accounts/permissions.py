@@ -20,7 +20,7 @@ class ApiKeyPolicy(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         if request.user and request.user.is_authenticated:
             return True
-        view.check_throttles(request)  # refused anonymous calls count against the address's rate too
+        # Refused anonymous calls were counted against the address's rate during authentication.
         if settings.REQUIRE_API_KEY:
             raise AuthenticationRequired()
         if getattr(view, "anonymous_allowed", False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import hmac
@@ -12,12 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import ApiKey, DailyUsage, Quota
-from accounts.selectors import usage_requests_on
+from accounts import usage
+from accounts.cache import cached, forget_all
+from accounts.models import ApiKey, Quota
 from sam3site.errors import ApiError, RateLimited
 
 KEY_PREFIX_LENGTH = 8
@@ -59,19 +59,40 @@ def api_key_create(*, user: AbstractBaseUser, name: str, expires_at: dt.datetime
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke for good. This process refuses the key at once, every other one within
+    IDENTITY_TTL_SECONDS (accounts.cache)."""
     api_key.revoked = True
-    api_key.save(update_fields=["revoked"])
+    api_key.save(update_fields=["revoked"])  # post_save clears this process's cache
     return api_key
+
+
+def api_keys_revoke(*, keys: Any) -> int:
+    """Revoke a queryset of keys (the admin action); as :func:`api_key_revoke`."""
+    revoked = keys.update(revoked=True)
+    forget_all()  # update() sends no signals
+    return revoked
 
 
 def _static_key_user(raw_key: str) -> AbstractBaseUser:
     """Each key from API_KEYS acts as its own user, so env-key clients never see each other's objects."""
     username = f"envkey-{_digest(raw_key)[:12]}"
-    user, created = get_user_model().objects.get_or_create(username=username)
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    return user
+
+    def load() -> AbstractBaseUser:
+        user, created = get_user_model().objects.get_or_create(username=username)
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        return user
+
+    return copy.copy(cached("static-key-user", username, load))
+
+
+def _key_by_prefix(prefix: str) -> ApiKey | None:
+    """The key row with its user, from this process's cache (at most IDENTITY_TTL_SECONDS old).
+    Unknown prefixes are not cached: a key made a moment ago elsewhere must work at once."""
+    return cached(
+        "api-key", prefix, lambda: ApiKey.objects.select_related("user").filter(prefix=prefix).first(), keep_none=False
+    )
 
 
 def api_key_authenticate(raw_key: str) -> KeyIdentity:
@@ -81,7 +102,7 @@ def api_key_authenticate(raw_key: str) -> KeyIdentity:
             return KeyIdentity(user=_static_key_user(raw_key), api_key=None, label=f"env:{_digest(raw_key)[:8]}")
 
     prefix, dot, _secret = raw_key.partition(".")
-    api_key = ApiKey.objects.select_related("user").filter(prefix=prefix).first() if dot else None
+    api_key = _key_by_prefix(prefix) if dot else None
     if api_key is None or not hmac.compare_digest(api_key.hashed_key, _digest(raw_key)):
         raise InvalidApiKey()
     if api_key.revoked:
@@ -93,7 +114,9 @@ def api_key_authenticate(raw_key: str) -> KeyIdentity:
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_GRANULARITY:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
-    return KeyIdentity(user=api_key.user, api_key=api_key, label=api_key.prefix)
+        api_key.last_used_at = now  # the cached row: this process writes again in a minute at the earliest
+    # Copies: the cached rows are shared by concurrent requests.
+    return KeyIdentity(user=copy.copy(api_key.user), api_key=copy.copy(api_key), label=api_key.prefix)
 
 
 @dataclass(frozen=True)
@@ -105,7 +128,9 @@ class EffectiveQuota:
 
 
 def quota_for(user: AbstractBaseUser | None) -> EffectiveQuota:
-    quota = Quota.objects.filter(user=user).first() if user is not None and user.is_authenticated else None
+    quota = None
+    if user is not None and user.is_authenticated:
+        quota = cached("quota", user.pk, lambda: Quota.objects.filter(user_id=user.pk).first())
     upload_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
     if quota and quota.max_upload_mb:
         upload_mb = min(upload_mb, quota.max_upload_mb)
@@ -132,20 +157,15 @@ def _seconds_until_utc_midnight(now: dt.datetime) -> int:
 
 
 def usage_record_request(*, user: AbstractBaseUser, api_key: ApiKey | None, daily_limit: int | None) -> None:
-    """Count one request for today, refusing it with 429 once the daily quota is spent."""
+    """Count one request for today (accounts.usage: Redis, flushed to Postgres in batches), refusing
+    it with 429 once the daily quota is spent."""
     now = timezone.now()
-    today = now.date()
-    if daily_limit is not None:
-        if usage_requests_on(user=user, day=today) >= daily_limit:
-            raise RateLimited(
-                f"The daily quota of {daily_limit} requests is used up; it resets at 00:00 UTC.",
-                code="daily_quota_exceeded",
-                retry_after=_seconds_until_utc_midnight(now),
-            )
-    rows = DailyUsage.objects.filter(user=user, api_key=api_key, day=today)
-    if rows.update(requests=F("requests") + 1) == 0:
-        try:
-            with transaction.atomic():
-                DailyUsage.objects.create(user=user, api_key=api_key, day=today, requests=1)
-        except IntegrityError:  # another process created today's row first
-            rows.update(requests=F("requests") + 1)
+    counted = usage.count_request(
+        user_id=user.pk, api_key_id=api_key.pk if api_key else None, day=now.date(), daily_limit=daily_limit
+    )
+    if not counted:
+        raise RateLimited(
+            f"The daily quota of {daily_limit} requests is used up; it resets at 00:00 UTC.",
+            code="daily_quota_exceeded",
+            retry_after=_seconds_until_utc_midnight(now),
+        )

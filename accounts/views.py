@@ -24,14 +24,15 @@ class MeView(APIView):
     def get(self, request: Request) -> Response:
         user = request.user
         api_key = getattr(request.auth, "api_key", None)
+        usage = selectors.usage_overview(user=user, today=timezone.now().date())
         data = {
             "id": user.pk,
             "username": user.get_username(),
             "is_staff": user.is_staff,
             "api_key": api_key.prefix if api_key else getattr(request.auth, "label", None),
             "quota": services.quota_for(user).__dict__,
-            "requests_today": selectors.usage_requests_on(user=user, day=timezone.now().date()),
-            "usage": selectors.usage_recent(user=user),
+            "requests_today": usage.requests_today,
+            "usage": usage.recent,
         }
         return Response(MeSerializer(data).data)
 

@@ -239,5 +239,10 @@ def prompt_summary(prompt: ConceptPrompt | InteractivePrompt) -> dict[str, Any]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))  # writable: torch warns on read-only arrays
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))  # writable: torch warns on read-only arrays
+    except (SyntaxError, ValueError, OSError) as error:  # inline images are decoded here first
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise InvalidInput(f"The image is truncated or corrupt: {error}", code="corrupt_file") from None

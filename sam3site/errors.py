@@ -169,6 +169,8 @@ def as_api_error(exc: Exception) -> ApiError | None:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request_id = _request_id(context)
+    if isinstance(exc, drf.Throttled):  # the throttle's own reason and code (accounts.throttling)
+        exc = getattr(context.get("request"), "throttle_refusal", None) or exc
     error = as_api_error(exc)
     if error is None:
         logger.opt(exception=exc).error("Unhandled error in request {}", request_id)

@@ -41,12 +41,15 @@ def image_from_upload(*, owner: AbstractBaseUser | AnonymousUser, upload_id: uui
 
 def inline_image_store(uploaded_file: UploadedFile) -> ResolvedImage:
     """Probe the posted image and keep it under UPLOAD_DIR (shared with the workers) for the
-    request's duration; :func:`inline_image_discard` removes it."""
+    request's duration; :func:`inline_image_discard` removes it.
+
+    Only the header is read here (format, size, decompression-bomb bound): the model worker decodes
+    the image anyway and answers a truncated or broken one with the same 400 ``corrupt_file``."""
     temporary_path = Path(uploaded_file.temporary_file_path())
     try:
         if temporary_path.stat().st_size == 0:
             raise InvalidInput("The image file is empty.", code="empty_file")
-        info = probe_image(temporary_path, settings.MAX_IMAGE_PIXELS)
+        info = probe_image(temporary_path, settings.MAX_IMAGE_PIXELS, decode=False)
         if info is None:
             raise UnsupportedMedia("`file` is not a supported image (JPEG, PNG, WebP, BMP, TIFF).")
         final_path = Path(settings.UPLOAD_DIR) / INLINE_DIR_NAME / f"{uuid.uuid4().hex}.{info.extension}"

@@ -7,6 +7,7 @@ import requests
 from rest_framework.test import APIClient
 
 from accounts.models import DailyUsage, Quota
+from accounts.usage import flush
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +54,7 @@ def test_daily_quota_counts_per_key_and_answers_429_until_midnight(make_client) 
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "daily_quota_exceeded"
     assert 0 < int(refused["Retry-After"]) <= 86400
+    flush()  # counts reach Postgres in batches (accounts.usage); web processes flush every few seconds
     assert sum(DailyUsage.objects.filter(user=first.user).values_list("requests", flat=True)) == 3
 
 

@@ -46,8 +46,9 @@ class MediaInfo:
     duration_seconds: float | None = None
 
 
-def probe_image(path: Path, max_pixels: int) -> MediaInfo | None:
-    """Image info, or None when the content is no image format Pillow knows."""
+def probe_image(path: Path, max_pixels: int, *, decode: bool = True) -> MediaInfo | None:
+    """Image info, or None when the content is no image format Pillow knows. ``decode=False`` reads
+    the header only (format, size, bomb check), for images a model worker decodes anyway."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,7 +62,8 @@ def probe_image(path: Path, max_pixels: int) -> MediaInfo | None:
                     )
                 if image_format not in IMAGE_MEDIA_TYPES:
                     raise UnsupportedMedia(f"Image format {image_format or 'unknown'} is not supported.")
-                image.load()  # full decode: catches truncated and broken data
+                if decode:
+                    image.load()  # full decode: catches truncated and broken data
     except UnidentifiedImageError:
         return None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
