@@ -115,11 +115,17 @@ async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSessio
             from_statuses=[VideoSession.Status.STARTING],
         )
         raise
-    await sync_to_async(services.session_set_status)(
+    ready = await sync_to_async(services.session_set_status)(
         session_id=str(session.pk), status=VideoSession.Status.READY, frame_count=opened["frame_count"],
         from_statuses=[VideoSession.Status.STARTING],
     )
     await sync_to_async(session.refresh_from_db)()
+    if not ready and not session.is_open:  # closed while it was being opened: the worker must not keep it
+        try:
+            await send(session, {"op": "close"}, timeout=30)
+        except ApiError:
+            pass
+        require_open(session)
     return session
 
 

@@ -304,18 +304,18 @@ def test_close_during_a_propagation_stays_closed(server, alice) -> None:  # noqa
         assert post(server, alice, session_id, "/propagate/").status_code == 202
         wait_for(lambda: FrameResult.objects.filter(session_id=session_id).count() >= 3, every=0.05)
         assert api(server, alice.key, "DELETE", f"/sessions/{session_id}/").status_code == 204
-        kinds = []
+        ended = wait_for(lambda: (s := VideoSession.objects.get(pk=session_id)).propagation["state"] != "running" and s)
+        time.sleep(1)  # nothing late turns it back
+        assert VideoSession.objects.get(pk=session_id).status == "closed"
+        assert ended.propagation["state"] == "cancelled" and ended.propagation["last_frame"] < frames - 1
+        assert not FrameResult.objects.filter(session_id=session_id).exists()
+        events = []
         with pytest.raises(ConnectionClosed):
             while True:
-                kinds.append(json.loads(socket.recv(timeout=30)))
+                events.append(json.loads(socket.recv(timeout=30)))
     assert socket.close_code == SESSION_ENDED_CLOSE_CODE
-    assert {"type": "status", "status": "closed"} in kinds
-    assert {"type": "status", "status": "ready"} not in kinds
-    ended = wait_for(lambda: (s := VideoSession.objects.get(pk=session_id)).propagation["state"] != "running" and s)
-    assert ended.propagation["state"] == "cancelled" and ended.propagation["last_frame"] < frames - 1
-    time.sleep(1)  # nothing late turns it back
-    assert VideoSession.objects.get(pk=session_id).status == "closed"
-    assert not FrameResult.objects.filter(session_id=session_id).exists()
+    assert {"type": "status", "status": "closed"} in events
+    assert {"type": "status", "status": "ready"} not in events
     wait_for(lambda: live_sessions_in_worker() == held - 1)
 
 
