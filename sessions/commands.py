@@ -14,7 +14,9 @@ from django.utils import timezone
 
 from accounts.services import quota_for
 from inference import dispatch
-from sam3site.errors import ApiError, Conflict, Gone, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable
+from sam3site.errors import (
+    ApiError, Conflict, DeadlineExceeded, Gone, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable,
+)
 from segmentation.prompt_geometry import check_prompt_inside
 from sessions import events, selectors, services
 from sessions.models import VideoSession
@@ -90,7 +92,7 @@ async def send(session: VideoSession, command: dict[str, Any], *, timeout: float
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
-            raise ApiError("The session command timed out.", code="command_timeout") from None
+            raise DeadlineExceeded("The session command timed out.", code="command_timeout") from None
     alive = {w.name for w in await dispatch.live_workers() if w.alive}
     if session.worker not in alive or session.status == VideoSession.Status.RECOVERING:
         raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)

@@ -22,7 +22,7 @@ from loguru import logger
 from inference import registry
 from inference.runtime.video import set_temporal_disambiguation
 from inference.runtime_process import ModelRuntime
-from sam3site.errors import Conflict, NotFound
+from sam3site.errors import Conflict, InvalidInput, NotFound
 from sessions import events, selectors, services
 from sessions.encoding import frame_payload
 from sessions.live import FrameObjects, LiveSession
@@ -111,6 +111,12 @@ class SessionManager:
         raise ValueError(f"unknown session command {op!r}")
 
     def _prompt(self, live: LiveSession, prompt: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._apply_prompt(live, prompt)
+        except ValueError as error:  # the engine's own prompt checks (e.g. prompt_too_long), as for images
+            raise InvalidInput(str(error), code=getattr(error, "code", "invalid_prompt")) from None
+
+    def _apply_prompt(self, live: LiveSession, prompt: dict[str, Any]) -> dict[str, Any]:
         frame, kind = int(prompt["frame"]), prompt["kind"]
         if kind == "text":
             return frame_payload(frame, [live.add_text(frame, prompt["text"])])

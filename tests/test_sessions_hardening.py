@@ -125,6 +125,19 @@ def test_prompts_outside_the_frame_are_refused_like_on_images(server, alice) -> 
     assert image.json()["error"]["detail"] == {"prompt": 0, "width": WIDTH, "height": HEIGHT}
 
 
+def test_text_over_the_encoders_tokens_is_refused_in_sessions_like_on_images(server, alice) -> None:  # noqa: ANN001
+    from tests.test_text_prompts import FEW_WORDS_MANY_TOKENS  # 4 words, 33 tokens for the tiny vocabulary
+
+    session_id = open_session(server, alice)
+    for body in ({"frame": 0, "text": FEW_WORDS_MANY_TOKENS}, {"frame": 0, "boxes": [[1, 1, 9, 9]], "text": FEW_WORDS_MANY_TOKENS}):
+        refused = post(server, alice, session_id, "/prompts/", body)
+        assert refused.status_code == 400, refused.text
+        assert error_code(refused) == "prompt_too_long"
+        assert refused.json()["error"]["message"].startswith("The text prompt has 33 tokens")
+    assert api(server, alice.key, "GET", f"/sessions/{session_id}/").json()["prompts"] == []  # nothing logged
+    assert post(server, alice, session_id, "/prompts/", {"frame": 0, "text": "dog"}).status_code == 200
+
+
 # --- 8: every propagation delivers each frame once, in its direction's order ---
 
 def test_propagations_deliver_each_frame_once_in_order(server, alice) -> None:  # noqa: ANN001
