@@ -123,7 +123,7 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
     arrays, ids = images.upload(stack, WARMUP_REQUESTS + args.requests)  # cache off: a retry may reuse them
     baseline = InProcess(checkpoint, args.resolution)
 
-    def run(_: None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
+    def run(_: None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float], list[float]]:
         http: list[dict[str, Any]] = []
         base: list[dict[str, Any]] = []
         deadline = time.monotonic() + args.time_limit
@@ -144,16 +144,19 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
                 if index >= WARMUP_REQUESTS:
                     http.append(h)
                     base.append(b)
-            # The fixed cost of an authenticated API call without inference, for the breakdown.
-            floor = []
+            # The fixed cost of an authenticated API call without inference, for the breakdown, and
+            # of the lightest request the server answers (/healthz: no auth, no database), alternated.
+            floor: list[float] = []
+            health: list[float] = []
             for _ in range(min(20, args.requests)):
-                started = time.perf_counter()
-                session.get(f"{stack.url}/api/v1/me/", headers=stack.headers, timeout=30).raise_for_status()
-                floor.append(time.perf_counter() - started)
-        return http, base, floor
+                for path, headers, times in (("/api/v1/me/", stack.headers, floor), ("/healthz", {}, health)):
+                    started = time.perf_counter()
+                    session.get(f"{stack.url}{path}", headers=headers, timeout=30).raise_for_status()
+                    times.append(time.perf_counter() - started)
+        return http, base, floor, health
 
     try:
-        (http, base, floor), other, attempts = harness.measure_quietly(
+        (http, base, floor, health), other, attempts = harness.measure_quietly(
             stack, "(a)", lambda: None, run, args.max_other_cores, args.retries
         )
     finally:
@@ -191,12 +194,17 @@ def section_overhead(stack: Stack, args: argparse.Namespace, images: Images, che
             ["HTTP, auth, quota, rendering (client time - total)", "-", p50(outside_view)],
             ["client wall time", ms(p50(base_s)), ms(p50(http_s))],
             ["for scale: GET /api/v1/me/ (auth + quota, no inference)", "-", ms(p50(floor))],
+            ["for scale: GET /healthz (no auth, no database)", "-", ms(p50(health))],
+            ["GET /api/v1/me/ / GET /healthz", "-", f"{p50(floor) / p50(health):.2f}x"],
         ],
     )
     instances = http[0]["instances"] if http else 0
     size = p50([r["response_bytes"] for r in http]) / 1024
     print(f"{instances} instances per request, response ~{size:.0f} KiB; other programs used {other:.2f} cores")
-    return {"http": http, "in_process": base, "api_me_seconds": floor, "other_cores": other, "attempts": attempts}
+    return {
+        "http": http, "in_process": base, "api_me_seconds": floor, "healthz_seconds": health, "other_cores": other,
+        "attempts": attempts,
+    }
 
 
 def section_cache(stack: Stack, args: argparse.Namespace, images: Images) -> dict[str, Any]:

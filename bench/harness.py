@@ -271,6 +271,7 @@ class Stack:
             "UPLOAD_DIR": str(self.workdir / "uploads"),
             "OUTPUT_DIR": str(self.workdir / "outputs"),
             "RATE_LIMIT_ENABLED": "false",  # the benchmark is one client sending many requests
+            "API_KEYS": "[]",  # database keys only (the source document's example keys are refused here)
             "MAX_UPLOAD_SIZE_MB": "100",
             "INFERENCE_QUEUE_LIMIT": "64",  # above the highest concurrency: nothing is refused
             # A request may wait behind 8 others on a slow CPU model; the deadline must not cut it.
