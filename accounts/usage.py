@@ -32,12 +32,15 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F
 from loguru import logger
 
+from accounts.cache import cached
 from accounts.models import ApiKey, DailyUsage
 
 FLUSH_INTERVAL_SECONDS = 5.0
 SERVING_ENV = "SAM3_SERVING"  # set by manage.py serve in its daphne children: they run the flusher
 _PREFIX = settings.CONFIG.redis_key_prefix
 PENDING_KEY = f"{_PREFIX}:usage:pending"  # the set of per-user-day hashes holding counts
+# Incremented after every flush: readers cache what Postgres holds per generation (accounts.cache).
+GENERATION_KEY = f"{_PREFIX}:usage:generation"
 _NO_KEY = "-"  # hash field of requests made without a database key (env keys, browser sessions)
 
 # KEYS: the user's hash for the day, PENDING_KEY. ARGV: field, daily limit (-1: none), stored count.
@@ -109,7 +112,9 @@ def count_request(*, user_id: int, api_key_id: int | None, day: dt.date, daily_l
     """Count one request, unless ``daily_limit`` is set and already reached: then False, nothing counted."""
     if not settings.REDIS_URL:
         return _count_write_through(user_id=user_id, api_key_id=api_key_id, day=day, daily_limit=daily_limit)
-    stored = stored_requests(user_id=user_id, day=day) if daily_limit is not None else 0
+    stored = 0
+    if daily_limit is not None:
+        stored = stored_requests(user_id=user_id, day=day, generation=int(_redis().get(GENERATION_KEY) or 0))
     field = _NO_KEY if api_key_id is None else str(api_key_id)
     limit = -1 if daily_limit is None else daily_limit
     counted = _script("count")(keys=[user_day_key(user_id, day), PENDING_KEY], args=[field, limit, stored])
@@ -117,18 +122,29 @@ def count_request(*, user_id: int, api_key_id: int | None, day: dt.date, daily_l
     return bool(counted)
 
 
-def stored_requests(*, user_id: int, day: dt.date) -> int:
+def stored_requests(*, user_id: int, day: dt.date, generation: int | None = None) -> int:
+    """What Postgres holds for the user's day; with a flush ``generation``, from this process's cache."""
     from accounts.selectors import usage_stored_on
 
-    return usage_stored_on(user_id=user_id, day=day)
+    if generation is None:
+        return usage_stored_on(user_id=user_id, day=day)
+    return cached("usage-stored", (user_id, day, generation), lambda: usage_stored_on(user_id=user_id, day=day))
+
+
+def usage_state(*, user_id: int, day: dt.date) -> tuple[int | None, dict[int | None, int]]:
+    """(flush generation, requests counted but not yet in the database per api key id (None: without
+    a database key)), in one round trip. The generation is None without Redis: nothing to cache by."""
+    if not settings.REDIS_URL:
+        return None, {}
+    pipeline = _redis().pipeline(transaction=False)
+    pipeline.get(GENERATION_KEY)
+    pipeline.hgetall(user_day_key(user_id, day))
+    generation, raw = pipeline.execute()
+    return int(generation or 0), {None if field == _NO_KEY.encode() else int(field): int(n) for field, n in raw.items()}
 
 
 def pending_requests(*, user_id: int, day: dt.date) -> dict[int | None, int]:
-    """Requests counted but not yet in the database, per api key id (None: without a database key)."""
-    if not settings.REDIS_URL:
-        return {}
-    raw = _redis().hgetall(user_day_key(user_id, day))
-    return {None if field == _NO_KEY.encode() else int(field): int(value) for field, value in raw.items()}
+    return usage_state(user_id=user_id, day=day)[1]
 
 
 def _count_write_through(*, user_id: int, api_key_id: int | None, day: dt.date, daily_limit: int | None) -> bool:
@@ -157,6 +173,7 @@ def flush() -> int:
         except Exception:
             _give_back(counts)  # counted again by the next flush, of this process or another
             raise
+        _redis().incr(GENERATION_KEY)  # what every process cached of Postgres is out of date now
         return sum(counts.values())
 
 
