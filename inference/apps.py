@@ -1,5 +1,3 @@
-import os
-
 from django.apps import AppConfig
 from django.conf import settings
 
@@ -10,12 +8,10 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference import tasks  # noqa: F401 - registers the Celery tasks and worker signals
-        from inference.health import check_model
+        from inference.gateway import gateway
+        from inference.video_sessions import tasks as session_tasks  # noqa: F401 - connected after inference.tasks
         from sam3site.health import READINESS_CHECKS
-        from sam3site.management.commands.serve import SERVING_ENV
 
-        READINESS_CHECKS["model"] = check_model
-        if settings.EMBEDDED and os.environ.get(SERVING_ENV):
-            from inference.runtime_process import embedded_runtime
-
-            embedded_runtime()  # loads in the background; /readyz says "loading" meanwhile
+        READINESS_CHECKS["model"] = lambda: gateway().model_health()
+        if settings.SERVING:
+            gateway().start()  # in-process: the model loads in the background; /readyz says "loading" meanwhile

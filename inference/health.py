@@ -1,24 +1,19 @@
+"""Readiness of the model workers as web processes see them: their heartbeats in Redis."""
+
 from __future__ import annotations
 
 import redis
 from django.conf import settings
 
 from inference import registry
-from inference.runtime_process import current_runtime
+from sam3site import redis_clients
 
 
-def check_model() -> tuple[bool, dict]:
+def check_workers() -> tuple[bool, dict]:
     if not (settings.CONFIG.image_model_enabled or settings.CONFIG.video_model_enabled):
         return True, {"state": "disabled"}
-    if settings.EMBEDDED:
-        runtime = current_runtime()
-        if runtime is None:
-            return False, {"state": "not started", "reason": "this process does not serve (use manage.py serve)"}
-        host = runtime.host
-        return host.ready, {"state": host.state, "reason": host.reason, "model": host.identity}
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        workers = registry.read_workers(client)
+        workers = registry.read_workers(redis_clients.client(timeout=1))
     except redis.RedisError as error:
         return False, {"error": f"cannot read model workers: {error}"}
     alive = [w for w in workers if w.alive]

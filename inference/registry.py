@@ -15,7 +15,9 @@ from typing import Any
 import redis
 from django.conf import settings
 
-WORKERS_KEY = f"{settings.CONFIG.redis_key_prefix}:workers"
+from sam3site.redis_clients import WORKERS_KEY
+
+__all__ = ["WORKERS_KEY", "WorkerInfo", "parse_workers", "pick_worker", "publish", "read_workers", "serves_video", "withdraw"]
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -60,6 +62,14 @@ def parse_workers(raw: dict[bytes, bytes]) -> list[WorkerInfo]:
 
 def read_workers(client: redis.Redis) -> list[WorkerInfo]:
     return parse_workers(client.hgetall(WORKERS_KEY))
+
+
+def serves_video(device: str) -> bool:
+    """Whether a worker on ``device`` takes video sessions (VIDEO_MODEL_ENABLED, VIDEO_GPU_LIST)."""
+    config = settings.CONFIG
+    if not config.video_model_enabled:
+        return False
+    return device == "cpu" or int(device.partition(":")[2] or 0) in config.video_gpu_list
 
 
 def pick_worker(affinity_key: str, workers: list[WorkerInfo]) -> WorkerInfo:

@@ -1,7 +1,5 @@
-"""The model runtime of the current process: a Celery model worker, or the embedded server.
-
-torch and the model code are imported only when a runtime is created, so web processes that
-send work to separate workers never load them."""
+"""The model runtime of the current process: a Celery model worker, or the embedded server
+(started by :class:`inference.inprocess.InProcessGateway`). Worker side."""
 
 from __future__ import annotations
 
@@ -19,19 +17,17 @@ from loguru import logger
 
 from inference import registry
 from inference.metrics import WORKERS_UP
+from sam3site import redis_clients
+from sam3site.processes import EXIT_MODEL_REQUIRED
 
 if TYPE_CHECKING:
     from inference.host import HostSettings
-
-EXIT_MODEL_REQUIRED = 78  # EX_CONFIG: VIDEO_MODEL_REQUIRED and the model did not load; supervisors give up
-WORKER_DEVICE_ENV = "SAM3_WORKER_DEVICE"
-WORKER_QUEUE_ENV = "SAM3_WORKER_QUEUE"
 
 _runtime: ModelRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-def host_settings(device: str) -> HostSettings:
+def host_settings(device: str, *, tiny_fallback: bool = False) -> HostSettings:
     from inference.host import HostSettings
 
     config = settings.CONFIG
@@ -48,19 +44,19 @@ def host_settings(device: str) -> HostSettings:
         cache_bytes=config.max_cache_size_mb * 1024 * 1024 if config.enable_feature_cache else 0,
         cache_ttl_seconds=config.feature_cache_ttl_seconds,
         max_batch_size=config.inference_max_batch_size,
-        tiny_fallback_dir=Path(config.data_dir) / "tiny-sam3" if settings.EMBEDDED else None,
+        tiny_fallback_dir=Path(config.data_dir) / "tiny-sam3" if tiny_fallback else None,
     )
 
 
 class ModelRuntime:
-    def __init__(self, *, device: str, queue: str | None) -> None:
+    def __init__(self, *, device: str, queue: str | None, tiny_fallback: bool = False) -> None:
         from inference.host import ModelHost
         from inference.scheduler import ModelScheduler
 
         self.device = device
         self.queue = queue
         self.name = f"{queue or 'embedded'}@{socket.gethostname()}:{os.getpid()}"
-        self.host = ModelHost(host_settings(device))
+        self.host = ModelHost(host_settings(device, tiny_fallback=tiny_fallback))
         self.scheduler = ModelScheduler(self.host, max_batch_size=settings.CONFIG.inference_max_batch_size)
         self.started_at = time.time()
         self.session_count: Callable[[], int] = lambda: 0  # set by the video session manager
@@ -83,7 +79,7 @@ class ModelRuntime:
         self._stop.set()
         self.scheduler.stop()
         if self.queue is not None:
-            registry.withdraw(redis.Redis.from_url(settings.REDIS_URL), self.name)
+            registry.withdraw(redis_clients.client(), self.name)
 
     def info(self) -> registry.WorkerInfo:
         return registry.WorkerInfo(
@@ -93,7 +89,7 @@ class ModelRuntime:
         )
 
     def _heartbeat(self) -> None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+        client = redis_clients.client()
         while not self._stop.is_set():
             try:
                 registry.publish(client, self.info())
@@ -106,11 +102,12 @@ class ModelRuntime:
             WORKERS_UP.set(1 if self.host.ready else 0)
 
 
-def start_runtime(*, device: str, queue: str | None) -> ModelRuntime:
+def start_runtime(*, device: str, queue: str | None, tiny_fallback: bool = False) -> ModelRuntime:
+    """``tiny_fallback``: the embedded quick start writes and uses the tiny model when the weights are missing."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = ModelRuntime(device=device, queue=queue)
+            _runtime = ModelRuntime(device=device, queue=queue, tiny_fallback=tiny_fallback)
             _runtime.start()
             logger.info("Model runtime {} starting on {}", _runtime.name, device)
         return _runtime
@@ -118,8 +115,3 @@ def start_runtime(*, device: str, queue: str | None) -> ModelRuntime:
 
 def current_runtime() -> ModelRuntime | None:
     return _runtime
-
-
-def embedded_runtime() -> ModelRuntime:
-    """The in-process runtime of the embedded default (no Redis, no separate workers)."""
-    return _runtime or start_runtime(device=settings.CONFIG.image_model_device, queue=None)

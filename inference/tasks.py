@@ -1,10 +1,5 @@
-"""Celery tasks run by model workers. Replies go to a per-request Redis list the web awaits.
-
-A reply is ``<envelope JSON>\n<result JSON>``: the envelope is small (``ok``, ``worker``, or the
-error) and the web reads only it; the result is serialised once, here, and an image result goes to
-the client as these very bytes (the web splices in ``timings_ms.total`` at ``splice``). Compact
-JSON never contains a raw newline, so the first one ends the envelope.
-"""
+"""Celery tasks run by model workers. Replies go to a per-request Redis list the web awaits, in the
+format of :mod:`inference.messages` (the result is serialised once, here)."""
 
 from __future__ import annotations
 
@@ -13,85 +8,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
-import redis
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
-from django.conf import settings
 from loguru import logger
 
 from inference.jobs import ImageJob
-from inference.runtime_process import (
-    WORKER_DEVICE_ENV,
-    WORKER_QUEUE_ENV,
-    ModelRuntime,
-    current_runtime,
-    start_runtime,
-)
+from inference.messages import dumps, encode_image_result, encode_reply, error_payload
+from inference.runtime_process import ModelRuntime, current_runtime, start_runtime
+from sam3site import redis_clients
 from sam3site.errors import ApiError, DeadlineExceeded, ModelUnavailable, as_api_error
+from sam3site.processes import WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 
 REPLY_TTL_SECONDS = 120
-_reply_client: redis.Redis | None = None
-
-
-def _replies() -> redis.Redis:
-    global _reply_client
-    if _reply_client is None:
-        _reply_client = redis.Redis.from_url(settings.REDIS_URL)
-    return _reply_client
-
-
-# Non-string keys as JSON does them (stringified); numpy scalars/arrays as their values.
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=_JSON_OPTIONS)
-
-
-@dataclass(frozen=True)
-class ImageReply:
-    """An image result as the client receives it, less ``timings_ms.total`` (inserted at ``splice``)."""
-
-    body: bytes
-    splice: int
-    worker: str
-
-    def with_total(self, total_ms: float) -> bytes:
-        return b"%s,\"total\":%s%s" % (self.body[: self.splice], dumps(round(total_ms, 2)), self.body[self.splice :])
-
-
-def encode_image_result(result: dict[str, Any], worker: str) -> ImageReply:
-    """The response body, ``timings_ms`` then ``worker`` last (as the API has always ordered them)."""
-    timings = result["timings_ms"]
-    body = dumps({**{k: v for k, v in result.items() if k != "timings_ms"}, "timings_ms": timings, "worker": worker})
-    tail = b"},\"worker\":" + dumps(worker) + b"}"  # closes timings_ms: ``total`` goes right before it
-    if not timings or not body.endswith(tail):
-        raise ValueError("image result without timings_ms")  # cannot happen: ModelHost always reports them
-    return ImageReply(body, len(body) - len(tail), worker)
-
-
-def encode_reply(envelope: dict[str, Any], body: bytes = b"") -> bytes:
-    return dumps(envelope) + b"\n" + body
-
-
-def decode_reply(reply: bytes) -> tuple[dict[str, Any], bytes]:
-    envelope, _, body = reply.partition(b"\n")
-    return orjson.loads(envelope), body
 
 
 def send_reply(reply_key: str, reply: bytes) -> None:
-    pipeline = _replies().pipeline()
+    pipeline = redis_clients.client(timeout=None).pipeline()
     pipeline.rpush(reply_key, reply)
     pipeline.expire(reply_key, REPLY_TTL_SECONDS)
     pipeline.execute()
-
-
-def error_payload(error: ApiError) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": error.code, "message": error.message, "detail": error.detail, "status": error.status_code}}
 
 
 def _result_reply(result: Any, worker: str) -> bytes:

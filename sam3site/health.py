@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from sam3site import redis_clients
+
 ReadinessCheck = Callable[[], tuple[bool, dict]]
 
 
@@ -29,9 +31,7 @@ def check_redis() -> tuple[bool, dict]:
         return True, {"mode": "embedded (no REDIS_URL): in-memory layers"}
     started = time.perf_counter()
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
+        redis_clients.client(timeout=1).ping()
     except redis.RedisError as error:
         return False, {"error": f"{type(error).__name__}: {str(error)[:200]}"}
     return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 1)}

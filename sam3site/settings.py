@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import dj_database_url
 
 from sam3site.config import BASE_DIR, get_config
 from sam3site.logging import configure_logging
+from sam3site.processes import SERVING_ENV
 
 CONFIG = get_config()
 configure_logging(CONFIG.log_level)
@@ -30,7 +32,6 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 DEBUG = CONFIG.debug
 ALLOWED_HOSTS = CONFIG.allowed_hosts
-EMBEDDED = CONFIG.embedded
 
 INSTALLED_APPS = [
     "daphne",
@@ -138,12 +139,19 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# --- inference: the one gateway between web processes and the model, chosen like CACHES ---
+# With REDIS_URL: model workers in their own processes (manage.py run_workers), reached through
+# Celery. Embedded default: the model runs inside the serving process.
+INFERENCE_GATEWAY = "inference.gateway.CeleryGateway" if REDIS_URL else "inference.inprocess.InProcessGateway"
+SERVING = bool(os.environ.get(SERVING_ENV))  # a daphne child of manage.py serve (not a command, not a worker)
+AUTO_MIGRATE = CONFIG.embedded  # the embedded quick start migrates its SQLite database when it serves
+
 # --- Celery (embedded default: tasks run in-process) ---
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{CONFIG.redis_key_prefix}:"}
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{CONFIG.redis_key_prefix}:"}
-CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

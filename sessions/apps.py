@@ -1,7 +1,4 @@
-import os
-
 from django.apps import AppConfig
-from django.conf import settings
 
 
 class VideoSessionsConfig(AppConfig):
@@ -10,11 +7,7 @@ class VideoSessionsConfig(AppConfig):
     verbose_name = "Video sessions"
 
     def ready(self) -> None:
-        from sessions import tasks  # noqa: F401 - registers the Celery task and worker signals
-        from sam3site.management.commands.serve import SERVING_ENV
+        from inference.session_store import register_session_store
+        from sessions.store import DatabaseSessionStore
 
-        if settings.EMBEDDED and os.environ.get(SERVING_ENV):
-            from inference.runtime_process import embedded_runtime
-            from sessions.worker import start_manager
-
-            start_manager(embedded_runtime())
+        register_session_store(DatabaseSessionStore())  # how model workers reach these records

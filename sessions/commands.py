@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -13,23 +11,20 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import quota_for
-from inference import dispatch
-from sam3site.errors import (
-    ApiError, Conflict, DeadlineExceeded, Gone, InvalidInput, ModelUnavailable, NotFound, RateLimited, Unavailable,
+from inference.gateway import COMMAND_TIMEOUT_SECONDS, SessionTarget, gateway
+from inference.legs import Leg, legs_direction, legs_plan, legs_to_resume
+from inference.messages import (
+    CancelPropagation, CloseSession, OpenSession, Propagate, PromptSession, RemoveObject, ResetSession, SessionCommand,
+    SessionMessage, SessionRecovering, StatusEvent, VideoPrompt,
 )
+from sam3site.errors import ApiError, Conflict, Gone, InvalidInput, NotFound, RateLimited, Unavailable
 from segmentation.prompt_geometry import check_prompt_inside
 from sessions import events, selectors, services
 from sessions.models import VideoSession
-from sessions.propagation import Leg, legs_direction, legs_plan, legs_to_resume
-from sessions.tasks import COMMAND_TIMEOUT_SECONDS, session_command
 from uploads.models import Upload
 
 RETRY_AFTER_SECONDS = 2
 _SESSIONS_LOCK = 730_301  # advisory lock id serialising the session-limit check on Postgres
-
-
-class SessionRecovering(Unavailable):
-    code, message = "session_recovering", "The session's worker was lost; it is being rebuilt on another worker."
 
 
 def _lock_session_limits() -> None:
@@ -65,52 +60,22 @@ def _create_record(owner: AbstractBaseUser, video_id: Any, worker: str, queue: s
         )
 
 
-async def _choose_worker() -> tuple[str, str]:
-    if settings.EMBEDDED:
-        from inference.runtime_process import embedded_runtime
-
-        runtime = embedded_runtime()
-        if not runtime.host.ready:
-            raise ModelUnavailable(f"The model is {runtime.host.state}: {runtime.host.reason or 'loading'}")
-        return runtime.name, ""
-    from sessions.worker import serves_video
-
-    workers = [w for w in await dispatch.live_workers() if w.ready and serves_video(w.device)]
-    if not workers:
-        raise ModelUnavailable("No model worker serving video is ready.")
-    load = await sync_to_async(selectors.open_sessions_per_worker)()
-    chosen = min(workers, key=lambda w: (load.get(w.name, 0), w.name))  # spread sessions over the workers
-    return chosen.name, chosen.queue
-
-
-async def send(session: VideoSession, command: dict[str, Any], *, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict[str, Any]:
-    command = {**command, "session_id": str(session.pk)}
-    if settings.EMBEDDED:
-        from sessions.worker import require_manager
-
-        future = require_manager().execute(command)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded("The session command timed out.", code="command_timeout") from None
-    alive = {w.name for w in await dispatch.live_workers() if w.alive}
-    if session.worker not in alive or session.status == VideoSession.Status.RECOVERING:
-        raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)
-    try:
-        return await dispatch.call_worker(session_command, queue=session.worker_queue, args=(command,), deadline=time.time() + timeout)
-    except NotFound as error:
-        if error.code == "session_not_loaded":
-            raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS) from None
-        raise
+async def send(session: VideoSession, command: SessionCommand, *, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict[str, Any]:
+    target = SessionTarget(
+        session_id=str(session.pk), worker=session.worker, queue=session.worker_queue,
+        recovering=session.status == VideoSession.Status.RECOVERING,
+    )
+    return await gateway().session_command(target, SessionMessage(str(session.pk), command), timeout=timeout)
 
 
 async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSession:
     if not settings.CONFIG.video_model_enabled:
         raise Unavailable("Video sessions are off (VIDEO_MODEL_ENABLED=False).", code="video_disabled")
-    worker, queue = await _choose_worker()
+    load = await sync_to_async(selectors.open_sessions_per_worker)()
+    worker, queue = await gateway().session_worker(load)
     session = await sync_to_async(_create_record)(owner, video_id, worker, queue)
     try:
-        opened = await send(session, {"op": "open", "video_path": str(session.video.path)})
+        opened = await send(session, OpenSession(str(session.video.path)))
     except ApiError as error:
         await sync_to_async(services.session_set_status)(
             session_id=str(session.pk), status=VideoSession.Status.FAILED, error=error.message,
@@ -124,7 +89,7 @@ async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSessio
     await sync_to_async(session.refresh_from_db)()
     if not ready and not session.is_open:  # closed while it was being opened: the worker must not keep it
         try:
-            await send(session, {"op": "close"}, timeout=30)
+            await send(session, CloseSession(), timeout=30)
         except ApiError:
             pass
         require_open(session)
@@ -157,7 +122,7 @@ async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> di
             f"Frame {prompt['frame']} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
         )
     check_prompt_inside(prompt, session.width, session.height)
-    result = await send(session, {"op": "prompt", "prompt": prompt})
+    result = await send(session, PromptSession(VideoPrompt.from_payload(prompt)))
     # Logged as given: replaying the log in order gives new objects the same ids again.
     await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=prompt)
     return result
@@ -165,7 +130,7 @@ async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> di
 
 async def session_edit(*, session: VideoSession, kind: str, object_id: int | None = None) -> dict[str, Any]:
     _require_state(session, VideoSession.Status.READY)
-    command = {"op": kind, **({"object_id": object_id} if object_id is not None else {})}
+    command: SessionCommand = RemoveObject(object_id) if kind == "remove_object" and object_id is not None else ResetSession()
     result = await send(session, command)
     payload = {"object_id": object_id} if object_id is not None else {}
     await sync_to_async(services.prompt_log_append)(session=session, kind=kind, frame_index=None, payload=payload)
@@ -196,7 +161,7 @@ async def session_propagate(
         _require_state(session, VideoSession.Status.READY)
         raise Conflict("The session changed meanwhile; try again.", code="session_busy")
     try:
-        await send(session, {"op": "propagate", "legs": propagation["legs"]})
+        await send(session, Propagate(legs))
     except ApiError:  # refused (nothing to propagate, worker lost...): as if it had not been asked
         await sync_to_async(services.session_set_status)(
             session_id=str(session.pk), status=VideoSession.Status.READY, propagation=previous,
@@ -220,7 +185,7 @@ async def session_cancel(*, session: VideoSession) -> dict[str, Any]:
     require_open(session)
     if session.status != VideoSession.Status.PROPAGATING:
         raise Conflict("No propagation is running.", code="not_propagating")
-    return await send(session, {"op": "cancel"})
+    return await send(session, CancelPropagation())
 
 
 async def session_close(*, session: VideoSession) -> None:
@@ -232,9 +197,9 @@ async def session_close(*, session: VideoSession) -> None:
     )
     if closed:
         try:
-            await send(session, {"op": "close"}, timeout=30)
+            await send(session, CloseSession(), timeout=30)
         except ApiError:
             pass  # a lost worker holds nothing any more; the record is what matters
     await sync_to_async(services.session_files_remove)(session=session)
     if closed:
-        events.publish(str(session.pk), {"type": "status", "status": VideoSession.Status.CLOSED})
+        events.publish(str(session.pk), StatusEvent(VideoSession.Status.CLOSED).to_message())

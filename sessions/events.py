@@ -1,9 +1,9 @@
 """Pushing session events to websocket clients through the channel layer, one group per session.
 
-The model thread is not an event loop, so events go through a loop of their own — a background
-loop thread with Redis or, on the embedded default, the server's own loop (the in-memory layer's
-queues belong to it) — and through one queue drained by one task, so they arrive in the order
-they were published.
+Publishers are threads (the worker's writer thread, request threads), not the event loop, so
+events go through a loop of their own — a background loop thread, or with the in-memory channel
+layer (embedded default) the server's own loop, which that layer's queues belong to — and through
+one queue drained by one task, so they arrive in the order they were published.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import asyncio
 import threading
 from typing import Any
 
-from channels.layers import get_channel_layer
-from django.conf import settings
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from loguru import logger
 
 MAX_PENDING_EVENTS = 10_000  # if the channel layer stalls, newer events are dropped (results are stored anyway)
@@ -62,17 +61,21 @@ def group_name(session_id: str) -> str:
 
 
 def bind_server_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Embedded default: events go through the loop the websocket consumers run on."""
+    """In-memory channel layer: events go through the loop the websocket consumers run on."""
     global _publisher
     with _lock:
-        if settings.EMBEDDED and _publisher is None:
+        if _in_memory_layer() and _publisher is None:
             _publisher = _Publisher(loop)
+
+
+def _in_memory_layer() -> bool:
+    return isinstance(get_channel_layer(), InMemoryChannelLayer)
 
 
 def _current_publisher() -> _Publisher | None:
     global _publisher
     with _lock:
-        if _publisher is None and not settings.EMBEDDED:
+        if _publisher is None and not _in_memory_layer():
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="session-events", daemon=True).start()
             _publisher = _Publisher(loop)
@@ -96,5 +99,5 @@ def flush(timeout: float = 5.0) -> None:
 def publish(session_id: str, event: dict[str, Any]) -> None:
     """Send ``event`` to the session's websocket clients, in order. Never raises or blocks."""
     publisher = _current_publisher()
-    if publisher is not None:  # None: embedded default with no websocket connected yet, nobody to tell
+    if publisher is not None:  # None: in-memory layer with no websocket connected yet, nobody to tell
         publisher.put(group_name(session_id), event)

@@ -16,6 +16,7 @@ from django.db.models import Max
 from django.utils import timezone
 from loguru import logger
 
+from inference.messages import StatusEvent
 from sessions import events
 from sessions.models import FrameResult, SessionPrompt, VideoSession
 
@@ -115,7 +116,7 @@ def sessions_sweep(*, dry_run: bool = False, now: dt.datetime | None = None) -> 
         if idle.filter(pk=pk).update(status=VideoSession.Status.EXPIRED, closed_at=now) == 1
     ]
     for session_id in expired:
-        events.publish(session_id, {"type": "status", "status": VideoSession.Status.EXPIRED})
+        events.publish(session_id, StatusEvent(VideoSession.Status.EXPIRED).to_message())
     for session in VideoSession.objects.filter(pk__in=[*expired, *to_clean]):
         session_files_remove(session=session)
     if expired or to_clean:

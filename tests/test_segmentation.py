@@ -191,7 +191,7 @@ def test_overload_answers_503_with_retry_after_at_once(model_worker, alice, monk
     import redis
     from django.conf import settings
 
-    from inference.dispatch import INFLIGHT_KEY
+    from sam3site.redis_clients import inflight_key
     from tests.conftest import read_registry
 
     image_id = upload_image(alice.client, photo(seed=7))
@@ -199,14 +199,14 @@ def test_overload_answers_503_with_retry_after_at_once(model_worker, alice, monk
     queue = read_registry()[0].queue
     client = redis.Redis.from_url(settings.REDIS_URL)
     far = __import__("time").time() + 60
-    client.zadd(INFLIGHT_KEY.format(queue=queue), {"other-1": far, "other-2": far})  # two requests in hand
+    client.zadd(inflight_key(queue), {"other-1": far, "other-2": far})  # two requests in hand
     try:
         refused = segment(alice.client, image=image_id, prompts=[{"text": "dog"}])
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused["Retry-After"]) >= 1
     finally:
-        client.delete(INFLIGHT_KEY.format(queue=queue))
+        client.delete(inflight_key(queue))
     assert segment(alice.client, image=image_id, prompts=[{"text": "dog"}]).status_code == 200
 
 

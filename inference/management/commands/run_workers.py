@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from loguru import logger
 
-from inference.runtime_process import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
+from sam3site.processes import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 from sam3site.management.commands.serve import serve_metrics
 
 RESTART_BACKOFF_SECONDS = 2.0
@@ -54,7 +54,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-metrics", action="store_true", help="Do not serve WORKER_METRICS_PORT.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if settings.EMBEDDED:
+        if not settings.REDIS_URL:
             raise CommandError("Model workers need REDIS_URL (the embedded default runs the model inside `serve`).")
         config = settings.CONFIG
         devices = options["devices"] or worker_devices(config.image_model_device, config.video_gpu_list)

@@ -27,8 +27,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 from loguru import logger
 
+from sam3site.processes import EXIT_MODEL_REQUIRED, SERVING_ENV
+
 RESTART_BACKOFF_SECONDS = 1.0
-SERVING_ENV = "SAM3_SERVING"  # set in daphne children: the embedded model runtime starts only there
 WEBSOCKET_HARD_LIMIT_BYTES = 4 * 1024 * 1024  # daphne drops the connection (1006) above this
 
 
@@ -43,12 +44,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = settings.CONFIG
-        if config.server_workers > 1 and settings.EMBEDDED:
+        if config.server_workers > 1 and not settings.REDIS_URL:
             raise CommandError(
                 "SERVER_WORKERS > 1 needs REDIS_URL: the embedded default keeps channel layer, cache and "
                 "inference inside one process."
             )
-        if settings.EMBEDDED and not options["no_migrate"]:
+        if settings.AUTO_MIGRATE and not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         self.check(display_num_errors=False)
         if config.reload:
@@ -69,7 +70,7 @@ class Command(BaseCommand):
         metrics_dir = tempfile.mkdtemp(prefix="sam3-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, True)
         child_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, SERVING_ENV: "1"}
-        if settings.ENABLE_METRICS:
+        if config.enable_metrics:
             serve_metrics(metrics_dir, config.metrics_port)
 
         def spawn() -> subprocess.Popen:
@@ -96,7 +97,7 @@ class Command(BaseCommand):
         logger.info(
             "Serving on http://{}:{} with {} worker(s); metrics {}",
             config.server_host, config.server_port, config.server_workers,
-            f"on :{config.metrics_port}" if settings.ENABLE_METRICS else "off",
+            f"on :{config.metrics_port}" if config.enable_metrics else "off",
         )
         supervisor.watch()
 
@@ -110,8 +111,6 @@ class _Children:
         self.processes = [spawn() for _ in range(count)]
 
     def watch(self) -> None:
-        from inference.runtime_process import EXIT_MODEL_REQUIRED
-
         while not self.stopping.wait(0.5):
             for index, child in enumerate(self.processes):
                 if child.poll() == EXIT_MODEL_REQUIRED:  # the embedded model is required and did not load

@@ -2,7 +2,7 @@
 
 A leg is one pass over the video in one direction, delivering frames ``first``, ``first ± 1``, …
 Every frame of a leg is delivered once, in the leg's order, so the last delivered frame tells
-exactly where the leg stopped. Web and worker share this module; it imports no model code.
+exactly where the leg stopped. Web and worker share this module (web-safe: no model code).
 """
 
 from __future__ import annotations

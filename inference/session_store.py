@@ -1,0 +1,83 @@
+"""How a model worker reaches video-session records without importing the web apps.
+
+The worker needs a few things Postgres holds about its sessions: the prompt log to replay, a place
+for frame results and propagation progress, compare-and-set status changes, the open-sessions
+list (for the watchdog and the sweeper), and a way to tell the session's websocket clients. This
+module states that as a :class:`SessionStore`; the ``sessions`` app implements it and registers its
+implementation in ``AppConfig.ready()``, so imports point one way: web -> ``inference``.
+
+Web-safe: no model code here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# The session statuses as the record spells them (sessions.models.VideoSession.Status).
+STARTING, READY, PROPAGATING, RECOVERING = "starting", "ready", "propagating", "recovering"
+CLOSED, EXPIRED, FAILED = "closed", "expired", "failed"
+OPEN_STATUSES = (STARTING, READY, PROPAGATING, RECOVERING)
+ENDED_STATUSES = (CLOSED, EXPIRED, FAILED)
+
+
+@dataclass(frozen=True)
+class LoggedPrompt:
+    kind: str  # text | exemplar | points | remove_object | reset (as the prompt log stores it)
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What rebuilding a session on another worker needs: its video and every prompt, in order."""
+
+    video_path: str
+    propagation_running: bool
+    prompts: list[LoggedPrompt]
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    session_id: str
+    worker: str
+
+
+class SessionStore(Protocol):
+    def open_sessions(self) -> list[OpenSession]: ...
+
+    def replay_plan(self, session_id: str) -> ReplayPlan: ...
+
+    def claim(self, *, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:
+        """Take over a session whose worker died; exactly one claimant wins (the status becomes recovering)."""
+        ...
+
+    def set_status(self, *, session_id: str, status: str, from_statuses: Iterable[str], error: str = "") -> bool:
+        """Compare-and-set: True when the session was in one of ``from_statuses`` and moved."""
+        ...
+
+    def propagation_update(self, *, session_id: str, **changes: Any) -> None: ...
+
+    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> None: ...
+
+    def publish(self, session_id: str, event: dict[str, Any]) -> None:
+        """Tell the session's websocket clients, in order; never raises or blocks."""
+        ...
+
+    def sweep(self) -> None:
+        """Expire idle sessions and remove the files of ended ones."""
+        ...
+
+
+_store: SessionStore | None = None
+
+
+def register_session_store(store: SessionStore) -> None:
+    global _store
+    _store = store
+
+
+def session_store() -> SessionStore:
+    if _store is None:
+        raise RuntimeError("No SessionStore registered (the sessions app registers one in its AppConfig.ready()).")
+    return _store
