@@ -200,7 +200,7 @@ class InProcess:
     def run(self, video: Path, point: list[float], max_frames: int | None = None) -> dict[str, Any]:
         from inference.masks import encode_rle
         from inference.runtime.video import InteractiveVideoSession
-        from sessions.frames import VideoFrames
+        from inference.video_sessions.frames import VideoFrames
 
         started = time.perf_counter()
         frames = VideoFrames(video)
@@ -561,7 +561,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     from inference.masks import encode_rle
     from inference.runtime.loader import load_sam3
     from inference.runtime.video import InteractiveVideoSession
-    from sessions.frames import VideoFrames
+    from inference.video_sessions.frames import VideoFrames
 
     loaded = load_sam3(Path(spec["checkpoint"]), None, os.environ.get("IMAGE_MODEL_DEVICE", "cpu"),
                        resolution=spec["resolution"])
