@@ -29,7 +29,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         except InvalidApiKey:
             _count_anonymous(request)
             raise
-        request._request.api_key_label = identity.label  # for the request log line
+        request._request.api_key_label = identity.label  # type: ignore[attr-defined]  # per-request attribute, for the log line
         return identity.user, identity
 
     def authenticate_header(self, request: Request) -> str:

@@ -7,7 +7,7 @@ import copy
 import datetime as dt
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet, Sum
 
 from accounts.cache import cached
@@ -26,7 +26,7 @@ class UsageOverview:
     recent: list[DailyUsage]  # newest day first; today's rows include the pending counts
 
 
-def usage_overview(*, user: AbstractBaseUser, today: dt.date, days: int = 7) -> UsageOverview:
+def usage_overview(*, user: User, today: dt.date, days: int = 7) -> UsageOverview:
     """Today's total and the recent rows per day and key, stored and pending together. What Postgres
     holds is read once per flush generation (accounts.usage), so this is one Redis round trip."""
     from accounts.usage import stored_requests, usage_state
@@ -46,7 +46,7 @@ def usage_overview(*, user: AbstractBaseUser, today: dt.date, days: int = 7) -> 
 
 
 def _with_pending(
-    user: AbstractBaseUser, today: dt.date, rows: list[DailyUsage], pending: dict[int | None, int]
+    user: User, today: dt.date, rows: list[DailyUsage], pending: dict[int | None, int]
 ) -> list[DailyUsage]:
     """``rows`` (shared, left untouched) with today's pending counts added per key."""
     if not pending:
@@ -70,6 +70,6 @@ def _with_pending(
     return [*added.values(), *merged]
 
 
-def api_keys_visible_to(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+def api_keys_visible_to(*, user: User) -> QuerySet[ApiKey]:
     keys = ApiKey.objects.select_related("user")
     return keys if user.is_staff else keys.filter(user=user)

@@ -48,7 +48,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ("id", "user", "name", "prefix", "created_at", "expires_at", "revoked", "last_used_at")
+        fields: tuple[str, ...] = ("id", "user", "name", "prefix", "created_at", "expires_at", "revoked", "last_used_at")
         read_only_fields = ("prefix", "created_at", "last_used_at", "revoked")
 
 

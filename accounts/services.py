@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, User
 from django.utils import timezone
 
 from accounts import usage
@@ -32,7 +32,7 @@ class InvalidApiKey(ApiError):
 class KeyIdentity:
     """Who a presented key belongs to. ``api_key`` is None for keys from API_KEYS."""
 
-    user: AbstractBaseUser
+    user: User
     api_key: ApiKey | None
     label: str  # safe to log: the public prefix
 
@@ -53,7 +53,7 @@ def api_key_issue(api_key: ApiKey) -> str:
     return full_key
 
 
-def api_key_create(*, user: AbstractBaseUser, name: str, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
+def api_key_create(*, user: User, name: str, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
     api_key = ApiKey(user=user, name=name, expires_at=expires_at)
     return api_key, api_key_issue(api_key)
 
@@ -73,11 +73,11 @@ def api_keys_revoke(*, keys: Any) -> int:
     return revoked
 
 
-def _static_key_user(raw_key: str) -> AbstractBaseUser:
+def _static_key_user(raw_key: str) -> User:
     """Each key from API_KEYS acts as its own user, so env-key clients never see each other's objects."""
     username = f"envkey-{_digest(raw_key)[:12]}"
 
-    def load() -> AbstractBaseUser:
+    def load() -> User:
         user, created = get_user_model().objects.get_or_create(username=username)
         if created:
             user.set_unusable_password()

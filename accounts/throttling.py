@@ -48,7 +48,7 @@ def count_anonymous(request: Request) -> RateLimited | None:
     address = http_request.META.get("REMOTE_ADDR", "unknown")
     refusal = rate_refusal(http_request, f"ip:{address}", settings.RATE_LIMIT_REQUESTS_PER_MINUTE)
     if refusal is not None:
-        http_request.throttle_refusal = refusal
+        http_request.throttle_refusal = refusal  # type: ignore[attr-defined]  # per-request attribute, read by sam3site.errors
     return refusal
 
 
@@ -63,7 +63,7 @@ class RateAndQuotaThrottle(BaseThrottle):
         else:
             self.refusal = self._refusal_of(request, user)
         if self.refusal is not None:
-            request._request.throttle_refusal = self.refusal
+            request._request.throttle_refusal = self.refusal  # type: ignore[attr-defined]  # as in count_anonymous
             return False
         return True
 

@@ -86,9 +86,12 @@ _stopping = threading.Event()
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
+        url = settings.REDIS_URL
+        if not url:  # callers check REDIS_URL first: without it counts go straight to the database
+            raise RuntimeError("accounts.usage reaches Redis only when REDIS_URL is set")
         with _client_lock:
             if _client is None:
-                client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+                client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
                 _scripts.update(count=client.register_script(_COUNT), take=client.register_script(_TAKE))
                 _client = client
     return _client

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.models import ApiKey
-from accounts.permissions import ApiKeyPolicy, IsStaff
+from accounts.permissions import ApiKeyPolicy, IsStaff, authenticated_user
 from accounts.serializers import ApiKeySerializer, CreatedApiKeySerializer, MeSerializer, UserSerializer
 from sam3site.errors import InvalidInput
 
@@ -22,7 +22,7 @@ from sam3site.errors import InvalidInput
 class MeView(APIView):
     @extend_schema(responses=MeSerializer, summary="The calling user, the key used, effective quota and usage")
     def get(self, request: Request) -> Response:
-        user = request.user
+        user = authenticated_user(request)
         api_key = getattr(request.auth, "api_key", None)
         usage = selectors.usage_overview(user=user, today=timezone.now().date())
         data = {
@@ -47,7 +47,7 @@ class ApiKeyViewSet(
     queryset = ApiKey.objects.none()  # typed path parameter for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[ApiKey]:
-        return selectors.api_keys_visible_to(user=self.request.user)
+        return selectors.api_keys_visible_to(user=authenticated_user(self.request))
 
     @extend_schema(request=ApiKeySerializer, responses={201: CreatedApiKeySerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
@@ -59,7 +59,7 @@ class ApiKeyViewSet(
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key, full_key = services.api_key_create(
-            user=serializer.validated_data.get("user") or request.user,
+            user=serializer.validated_data.get("user") or authenticated_user(request),
             name=serializer.validated_data["name"],
             expires_at=serializer.validated_data.get("expires_at"),
         )

@@ -161,8 +161,10 @@ def as_api_error(exc: Exception) -> ApiError | None:
             return InvalidInput("Some fields are invalid.", detail=exc.detail)
         mapped = ApiError(str(exc.detail), code=code)
         mapped.status_code = exc.status_code
-        if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            mapped.retry_after = max(1, int(exc.wait + 0.999))
+        if isinstance(exc, drf.Throttled):
+            wait: float | None = exc.wait  # type: ignore[attr-defined]  # drf-stubs lack Throttled.wait (set in __init__)
+            if wait is not None:
+                mapped.retry_after = max(1, int(wait + 0.999))
         return mapped
     return None
 

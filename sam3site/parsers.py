@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.files.uploadedfile import UploadedFile
+from django.http import QueryDict
+from django.utils.datastructures import MultiValueDict
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
@@ -57,9 +60,13 @@ def loads_checked(text: str, *, where: str = "the request") -> Any:
 
 
 class _CheckedFormParser(parsers.BaseParser):
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         try:
-            parsed = super().parse(stream, media_type, parser_context)  # type: ignore[safe-super]
+            # What the form parsers below give (FormParser: the fields; MultiPartParser: fields and files).
+            parsed = cast(
+                "QueryDict | parsers.DataAndFiles[QueryDict, MultiValueDict[str, UploadedFile]]",
+                super().parse(stream, media_type, parser_context),
+            )
         except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as error:
             raise request_limit_error(error) from None
         data, files = (parsed.data, parsed.files) if isinstance(parsed, parsers.DataAndFiles) else (parsed, None)
@@ -71,7 +78,7 @@ class _CheckedFormParser(parsers.BaseParser):
 
 
 class JSONParser(parsers.JSONParser):
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:

@@ -107,9 +107,9 @@ class ApiAutoSchema(AutoSchema):
         responses = operation["responses"]
         for status in self._implied_error_statuses(operation):
             responses.setdefault(str(status), self._error_response(status))
-        for status in RETRY_AFTER_STATUSES:
-            if status in responses:
-                responses[status].setdefault("headers", {}).update(RETRY_AFTER_HEADER)
+        for retry_status in RETRY_AFTER_STATUSES:
+            if retry_status in responses:
+                responses[retry_status].setdefault("headers", {}).update(RETRY_AFTER_HEADER)
         operation["responses"] = dict(sorted(responses.items()))
         return operation
 

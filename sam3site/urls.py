@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
@@ -7,7 +7,7 @@ from sam3site.errors import json_error_view
 from sam3site.health import healthz, readyz
 from sam3site.views import ApiRootView
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("", ApiRootView.as_view(), name="api-root"),
     path("", include("accounts.urls")),
     path("", include("uploads.urls")),

@@ -17,10 +17,9 @@ MAX_BOXES = 32
 MAX_POINTS = 64
 
 
-def _finite(value: float) -> float:
+def _finite(value: float) -> None:
     if not math.isfinite(value):
         raise serializers.ValidationError("must be a finite number")
-    return value
 
 
 class PromptSerializer(serializers.Serializer):
@@ -101,7 +100,9 @@ class SegmentRequestSerializer(serializers.Serializer):
     file = serializers.FileField(  # not ImageField: our own probe decodes it, under the pixel bound
         required=False, help_text="The image itself (multipart), instead of `image`.", allow_empty_file=True
     )
-    prompts = PromptListField(min_length=1, max_length=MAX_PROMPTS, help_text="One result list per prompt, in order.")
+    prompts: serializers.Field = PromptListField(  # a Field: SegmentFormSerializer redeclares it as JSON text
+        min_length=1, max_length=MAX_PROMPTS, help_text="One result list per prompt, in order."
+    )
     threshold = serializers.FloatField(
         required=False, min_value=0.0, max_value=1.0, help_text="Minimum score (default IMAGE_MODEL_CONFIDENCE_THRESHOLD)."
     )

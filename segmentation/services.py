@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.move import file_move_safe
-from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadedfile import TemporaryUploadedFile
 
 from inference.jobs import ConceptPrompt, ImageJob, InteractivePrompt, Prompt
 from sam3site.errors import InvalidInput, NotFound, UnsupportedMedia
@@ -30,8 +30,8 @@ class ResolvedImage:
     height: int
 
 
-def image_from_upload(*, owner: AbstractBaseUser | AnonymousUser, upload_id: uuid.UUID) -> ResolvedImage:
-    upload = Upload.objects.filter(pk=upload_id, owner=owner).first() if owner.is_authenticated else None
+def image_from_upload(*, owner: User | AnonymousUser, upload_id: uuid.UUID) -> ResolvedImage:
+    upload = None if isinstance(owner, AnonymousUser) else Upload.objects.filter(pk=upload_id, owner=owner).first()
     if upload is None:
         raise NotFound(f"Upload {upload_id} not found.", code="upload_not_found")
     if upload.kind != Upload.Kind.IMAGE:
@@ -39,7 +39,7 @@ def image_from_upload(*, owner: AbstractBaseUser | AnonymousUser, upload_id: uui
     return ResolvedImage(upload.path, upload.sha256, upload.width, upload.height)
 
 
-def inline_image_store(uploaded_file: UploadedFile) -> ResolvedImage:
+def inline_image_store(uploaded_file: TemporaryUploadedFile) -> ResolvedImage:
     """Probe the posted image and keep it under UPLOAD_DIR (shared with the workers) for the
     request's duration; :func:`inline_image_discard` removes it.
 

@@ -34,7 +34,7 @@ class SegmentImageView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes
+        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes  # type: ignore[attr-defined]  # read by the handler
         if request.method == "POST":
             # Validation and the image lookup here, in the thread hop adrf makes for ``initial``
             # (with authentication and throttling), rather than one hop each from ``post``.
@@ -48,7 +48,7 @@ class SegmentImageView(APIView):
             except ApiError as error:
                 REQUESTS.labels(endpoint="segment_image", outcome=error.code).inc()
                 raise
-            request._request.segment_input = (data, image, started)
+            request._request.segment_input = (data, image, started)  # type: ignore[attr-defined]  # per-request attribute, for post
 
     @extend_schema(
         request={"application/json": SegmentRequestSerializer, "multipart/form-data": SegmentFormSerializer},
@@ -67,7 +67,7 @@ class SegmentImageView(APIView):
         ],
     )
     async def post(self, request: Request) -> HttpResponse:
-        data, image, started = request._request.segment_input
+        data, image, started = request._request.segment_input  # type: ignore[attr-defined]  # set by initial
         try:
             response = await self._segment(request, data, image, started)
         except ApiError as error:
@@ -78,7 +78,7 @@ class SegmentImageView(APIView):
 
     async def _segment(self, request: Request, data: dict[str, Any], image: services.ResolvedImage, started: float) -> HttpResponse:
         try:
-            job = services.image_job_build(request_id=request._request.request_id, image=image, data=data)
+            job = services.image_job_build(request_id=request._request.request_id, image=image, data=data)  # type: ignore[attr-defined]  # set by the middleware
             reply = await dispatch.run_image_job(job)
         finally:
             if "file" in data:

@@ -117,6 +117,7 @@ def probe_video(path: Path) -> MediaInfo | None:
             raise CorruptFile("The video has no decodable frames.")
         frame_count = _check_complete(container, stream)
         fps = float(stream.average_rate) if stream.average_rate else None
+        duration: float | None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * Fraction(stream.time_base))
         elif container.duration is not None:

@@ -4,19 +4,21 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.move import file_move_safe
-from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadedfile import TemporaryUploadedFile
 
 from sam3site.errors import Conflict
 from uploads.models import Upload
 from uploads.probing import probe_media
 
 
-def upload_create(*, owner: AbstractBaseUser, uploaded_file: UploadedFile) -> Upload:
-    """Probe a streamed upload and keep it under a server-generated name; on any failure nothing stays on disk."""
+def upload_create(*, owner: User, uploaded_file: TemporaryUploadedFile) -> Upload:
+    """Probe a streamed upload (BoundedUploadHandler's file) and keep it under a server-generated name;
+    on any failure nothing stays on disk."""
     temporary_path = Path(uploaded_file.temporary_file_path())
     try:
+        size_bytes = temporary_path.stat().st_size  # what the handler wrote (``uploaded_file.size`` is typed optional)
         info = probe_media(temporary_path, settings.MAX_IMAGE_PIXELS)
         upload_id = uuid.uuid4()
         stored_name = f"{owner.pk}/{upload_id.hex}.{info.extension}"
@@ -32,7 +34,7 @@ def upload_create(*, owner: AbstractBaseUser, uploaded_file: UploadedFile) -> Up
                 stored_name=stored_name,
                 media_type=info.media_type,
                 sha256=uploaded_file.sha256,  # type: ignore[attr-defined]  # set by BoundedUploadHandler
-                size_bytes=uploaded_file.size,
+                size_bytes=size_bytes,
                 width=info.width,
                 height=info.height,
                 frame_count=info.frame_count,

@@ -8,6 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.permissions import authenticated_user
 from accounts.services import quota_of_request
 from sam3site.parsers import MultiPartParser
 from sam3site.schema import binary_download, errors
@@ -28,7 +29,7 @@ class UploadViewSet(
     queryset = Upload.objects.none()  # typed path parameter for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[Upload]:
-        return Upload.objects.filter(owner=self.request.user)
+        return Upload.objects.filter(owner=authenticated_user(self.request))
 
     def get_serializer_class(self) -> type:
         # The browsable API builds its upload form from this (it asks with a POST-cloned request).
@@ -37,13 +38,13 @@ class UploadViewSet(
     def initial(self, request: Request, *args: object, **kwargs: object) -> None:
         super().initial(request, *args, **kwargs)
         # The caller is known now, before the body is parsed: bound the stream by their own limit.
-        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes
+        request._request.upload_limit_bytes = quota_of_request(request).max_upload_bytes  # type: ignore[attr-defined]  # read by the handler
 
     @extend_schema(request=UploadCreateSerializer, responses={201: UploadSerializer}, summary="Upload a file")
     def create(self, request: Request) -> Response:
         serializer = UploadCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        upload = services.upload_create(owner=request.user, uploaded_file=serializer.validated_data["file"])
+        upload = services.upload_create(owner=authenticated_user(request), uploaded_file=serializer.validated_data["file"])
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: Upload) -> None:
