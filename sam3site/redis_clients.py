@@ -33,18 +33,23 @@ def new_reply_key() -> str:
     return key("reply", uuid.uuid4().hex)
 
 
-_clients: dict[float | None, redis.Redis] = {}
+def _redis_url() -> str:
+    if not settings.REDIS_URL:
+        raise RuntimeError("REDIS_URL is not set: this process runs the embedded default, without Redis")
+    return settings.REDIS_URL
+
+
+_clients: dict[tuple[str, float | None], redis.Redis] = {}
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
 def client(*, timeout: float | None = 2.0) -> redis.Redis:
     """The process's client whose connects and reads give up after ``timeout`` seconds (None: never)."""
-    found = _clients.get(timeout)
+    url = _redis_url()
+    found = _clients.get((url, timeout))
     if found is None:
         connect = 2.0 if timeout is None else timeout
-        found = _clients[timeout] = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=connect, socket_timeout=timeout
-        )
+        found = _clients[url, timeout] = redis.Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
     return found
 
 
@@ -53,5 +58,5 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     found = _async_clients.get(loop)
     if found is None:
-        found = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None)
+        found = _async_clients[loop] = aioredis.Redis.from_url(_redis_url(), socket_connect_timeout=2, socket_timeout=None)
     return found
