@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from pycocotools import mask as coco_mask
 
-
 RLE = dict[str, Any]  # {"size": [height, width], "counts": str}
 
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from loguru import logger
 
-
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

@@ -14,8 +14,18 @@ from accounts.services import quota_for
 from inference.gateway import COMMAND_TIMEOUT_SECONDS, SessionTarget, gateway
 from inference.legs import Leg, legs_direction, legs_plan, legs_to_resume
 from inference.messages import (
-    CancelPropagation, CloseSession, OpenSession, Propagate, PromptSession, RemoveObject, ResetSession, SessionCommand,
-    SessionMessage, SessionRecovering, StatusEvent, VideoPrompt,
+    CancelPropagation,
+    CloseSession,
+    OpenSession,
+    PromptSession,
+    Propagate,
+    RemoveObject,
+    ResetSession,
+    SessionCommand,
+    SessionMessage,
+    SessionRecovering,
+    StatusEvent,
+    VideoPrompt,
 )
 from sam3site.errors import ApiError, Conflict, Gone, InvalidInput, NotFound, RateLimited, Unavailable
 from segmentation.prompt_geometry import check_prompt_inside

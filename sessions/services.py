@@ -6,8 +6,8 @@ import datetime as dt
 import json
 import os
 import shutil
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings

@@ -21,14 +21,14 @@ pytestmark = pytest.mark.django_db
 ME = "/api/v1/me/"
 
 
-def get_with_key(key: str | None, path: str = ME):  # noqa: ANN201
+def get_with_key(key: str | None, path: str = ME):
     client = APIClient()
     if key is not None:
         client.credentials(HTTP_X_API_KEY=key)
     return client.get(path)
 
 
-def test_key_authenticates_and_is_stored_only_hashed(alice) -> None:  # noqa: ANN001
+def test_key_authenticates_and_is_stored_only_hashed(alice) -> None:
     response = alice.client.get(ME)
     assert response.status_code == 200
     assert response.json()["username"] == "alice"
@@ -44,13 +44,13 @@ def test_key_authenticates_and_is_stored_only_hashed(alice) -> None:  # noqa: AN
 @pytest.mark.parametrize(
     "key", ["", "nonsense", "abcd1234.wrongsecret", "abcd1234", ".", "x" * 500], ids=lambda key: key[:12] or "blank"
 )
-def test_wrong_keys_are_401(alice, key: str) -> None:  # noqa: ANN001
+def test_wrong_keys_are_401(alice, key: str) -> None:
     response = get_with_key(key or " ")
     assert response.status_code == 401
     assert response.json()["error"]["code"] in {"invalid_api_key", "authentication_required"}
 
 
-def test_right_prefix_wrong_secret_is_401(alice) -> None:  # noqa: ANN001
+def test_right_prefix_wrong_secret_is_401(alice) -> None:
     prefix = alice.key.split(".")[0]
     response = get_with_key(f"{prefix}.not-the-secret")
     assert response.status_code == 401
@@ -58,21 +58,21 @@ def test_right_prefix_wrong_secret_is_401(alice) -> None:  # noqa: ANN001
     assert response["WWW-Authenticate"] == "X-API-Key"
 
 
-def test_revoked_key_is_refused(alice) -> None:  # noqa: ANN001
+def test_revoked_key_is_refused(alice) -> None:
     ApiKey.objects.filter(user=alice.user).update(revoked=True)
     response = alice.client.get(ME)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "api_key_revoked"
 
 
-def test_expired_key_is_refused_and_unexpired_accepted(make_client) -> None:  # noqa: ANN001
+def test_expired_key_is_refused_and_unexpired_accepted(make_client) -> None:
     expired = make_client("carol", expires_at=timezone.now() - dt.timedelta(seconds=1))
     assert expired.client.get(ME).json()["error"]["code"] == "api_key_expired"
     fresh = make_client("dave", expires_at=timezone.now() + dt.timedelta(days=1))
     assert fresh.client.get(ME).status_code == 200
 
 
-def test_inactive_user_key_is_refused(alice) -> None:  # noqa: ANN001
+def test_inactive_user_key_is_refused(alice) -> None:
     get_user_model().objects.filter(pk=alice.user.pk).update(is_active=False)
     assert alice.client.get(ME).status_code == 401
 
@@ -86,7 +86,7 @@ def test_env_keys_are_accepted_each_as_its_own_user() -> None:
     assert get_with_key("test-env-key-1-9f8e7d6c5b4a").json()["id"] == first["id"]  # stable identity
 
 
-def test_anonymous_mode_serves_stateless_endpoints_but_not_stored_objects(settings) -> None:  # noqa: ANN001
+def test_anonymous_mode_serves_stateless_endpoints_but_not_stored_objects(settings) -> None:
     settings.REQUIRE_API_KEY = False
     assert get_with_key(None, "/api/schema/").status_code == 200
     response = get_with_key(None, "/api/v1/uploads/")
@@ -94,7 +94,7 @@ def test_anonymous_mode_serves_stateless_endpoints_but_not_stored_objects(settin
     assert response.json()["error"]["code"] == "authentication_required"
 
 
-def test_required_mode_refuses_anonymous_everywhere_in_the_api(settings, alice) -> None:  # noqa: ANN001
+def test_required_mode_refuses_anonymous_everywhere_in_the_api(settings, alice) -> None:
     settings.REQUIRE_API_KEY = True
     for path in (ME, "/api/v1/uploads/", "/api/v1/keys/"):
         response = get_with_key(None, path)
@@ -103,7 +103,7 @@ def test_required_mode_refuses_anonymous_everywhere_in_the_api(settings, alice) 
     assert alice.client.get(ME).status_code == 200
 
 
-def test_keys_never_reach_the_logs(alice) -> None:  # noqa: ANN001
+def test_keys_never_reach_the_logs(alice) -> None:
     lines: list[str] = []
     sink = logger.add(lines.append, level="TRACE")
     try:
@@ -127,7 +127,7 @@ def test_create_api_key_command_prints_a_working_key() -> None:
     assert ApiKey.objects.get(prefix=key.split(".")[0]).expires_at is not None
 
 
-def test_admin_shows_the_full_key_exactly_once(admin_user) -> None:  # noqa: ANN001
+def test_admin_shows_the_full_key_exactly_once(admin_user) -> None:
     browser = Client()
     browser.force_login(admin_user)
     response = browser.post(
@@ -144,7 +144,7 @@ def test_admin_shows_the_full_key_exactly_once(admin_user) -> None:  # noqa: ANN
     assert api_key.prefix in again
 
 
-def test_users_manage_their_own_keys_over_the_api(alice, bob) -> None:  # noqa: ANN001
+def test_users_manage_their_own_keys_over_the_api(alice, bob) -> None:
     created = alice.client.post("/api/v1/keys/", {"name": "second"}, format="json")
     assert created.status_code == 201
     new_key = created.json()["key"]
@@ -160,7 +160,7 @@ def test_users_manage_their_own_keys_over_the_api(alice, bob) -> None:  # noqa: 
     assert get_with_key(new_key).json()["error"]["code"] == "api_key_revoked"
 
 
-def test_staff_manage_users_and_quotas_over_the_api(make_client, alice) -> None:  # noqa: ANN001
+def test_staff_manage_users_and_quotas_over_the_api(make_client, alice) -> None:
     staff = make_client("root", staff=True)
     assert alice.client.get("/api/v1/users/").status_code == 403
     created = staff.client.post(

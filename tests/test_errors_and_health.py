@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class ExplodingView(APIView):
     anonymous_allowed = True
 
-    def get(self, request):  # noqa: ANN001, ANN201
+    def get(self, request):
         raise RuntimeError("secret internal detail /etc/passwd")
 
 
@@ -34,7 +34,7 @@ handler404 = site_urls.handler404
 handler500 = site_urls.handler500
 
 
-def assert_error_shape(response, status: int, code: str) -> dict:  # noqa: ANN001
+def assert_error_shape(response, status: int, code: str) -> dict:
     assert response.status_code == status
     assert response["Content-Type"].startswith("application/json")
     error = response.json()["error"]
@@ -45,7 +45,7 @@ def assert_error_shape(response, status: int, code: str) -> dict:  # noqa: ANN00
     return error
 
 
-def test_error_shape_for_each_kind_of_error(alice) -> None:  # noqa: ANN001
+def test_error_shape_for_each_kind_of_error(alice) -> None:
     assert_error_shape(APIClient().get("/api/v1/uploads/"), 401, "authentication_required")
     assert_error_shape(alice.client.get("/api/v1/users/"), 403, "forbidden")
     assert_error_shape(alice.client.get("/api/v1/uploads/9b2b0f0e-0000-0000-0000-000000000000/"), 404, "not_found")
@@ -57,7 +57,7 @@ def test_error_shape_for_each_kind_of_error(alice) -> None:  # noqa: ANN001
     assert_error_shape(Client().get("/no/such/page/"), 404, "not_found")
 
 
-def test_client_request_id_is_kept_when_sane(alice) -> None:  # noqa: ANN001
+def test_client_request_id_is_kept_when_sane(alice) -> None:
     assert alice.client.get("/api/v1/me/", HTTP_X_REQUEST_ID="trace-123").headers["X-Request-ID"] == "trace-123"
     odd = alice.client.get("/api/v1/me/", HTTP_X_REQUEST_ID="bad id\nwith newline").headers["X-Request-ID"]
     assert odd != "bad id\nwith newline" and len(odd) == 32
@@ -91,7 +91,7 @@ def test_healthz_and_readyz_with_real_services() -> None:
     assert ready["warnings"] == []  # the suite's API_KEYS are real-looking keys
 
 
-def test_readyz_reports_unreachable_redis(settings) -> None:  # noqa: ANN001
+def test_readyz_reports_unreachable_redis(settings) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # closed port
     ready = Client().get("/readyz")
     assert ready.status_code == 503
@@ -104,7 +104,7 @@ def test_readyz_reports_unreachable_redis(settings) -> None:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_readyz_reports_unreachable_database(start_server) -> None:  # noqa: ANN001
+def test_readyz_reports_unreachable_database(start_server) -> None:
     server = start_server(DATABASE_URL="postgres://postgres@127.0.0.1:1/nowhere")
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
     ready = requests.get(f"{server.url}/readyz", timeout=20)
@@ -114,7 +114,7 @@ def test_readyz_reports_unreachable_database(start_server) -> None:  # noqa: ANN
 
 
 @pytest.mark.slow
-def test_metrics_are_exported_by_the_serving_process_only(start_server, alice) -> None:  # noqa: ANN001
+def test_metrics_are_exported_by_the_serving_process_only(start_server, alice) -> None:
     server = start_server(SERVER_WORKERS="2")
     for _ in range(6):
         assert requests.get(f"{server.url}/api/v1/me/", headers={"X-API-Key": alice.key}, timeout=10).ok
@@ -140,7 +140,7 @@ def test_metrics_are_exported_by_the_serving_process_only(start_server, alice) -
 
 
 @pytest.mark.slow
-def test_metrics_off_means_no_listener(start_server) -> None:  # noqa: ANN001
+def test_metrics_off_means_no_listener(start_server) -> None:
     server = start_server(ENABLE_METRICS="false")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.metrics_url}/metrics", timeout=5)

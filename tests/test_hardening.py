@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 LISTS = ("/api/v1/uploads/", "/api/v1/keys/", "/api/v1/sessions/", "/api/v1/users/")
 
 
-def error_code(response) -> str:  # noqa: ANN001
+def error_code(response) -> str:
     body = response.json() if hasattr(response, "json") else json.loads(response.content)
     return body["error"]["code"]
 
@@ -34,7 +34,7 @@ def error_code(response) -> str:  # noqa: ANN001
     "query", ["limit=9223372036854775808", "offset=9223372036854775808", "limit=-1", "limit=0", "limit=abc",
               f"limit={MAX_PAGE_SIZE + 1}", "offset=-5", "offset=1.5", "limit=%00"],
 )
-def test_out_of_range_or_invalid_pagination_is_a_400(make_client, path: str, query: str) -> None:  # noqa: ANN001
+def test_out_of_range_or_invalid_pagination_is_a_400(make_client, path: str, query: str) -> None:
     staff = make_client("root", staff=True)
     response = staff.client.get(f"{path}?{query}")
     assert response.status_code == 400, response.content
@@ -43,14 +43,14 @@ def test_out_of_range_or_invalid_pagination_is_a_400(make_client, path: str, que
 
 
 @pytest.mark.parametrize("path", LISTS)
-def test_pagination_within_bounds_is_served(make_client, path: str) -> None:  # noqa: ANN001
+def test_pagination_within_bounds_is_served(make_client, path: str) -> None:
     staff = make_client("root", staff=True)
     response = staff.client.get(f"{path}?limit={MAX_PAGE_SIZE}&offset=0")
     assert response.status_code == 200, response.content
     assert {"count", "results"} <= set(response.json())
 
 
-def test_nul_characters_are_refused_in_every_kind_of_string(alice) -> None:  # noqa: ANN001
+def test_nul_characters_are_refused_in_every_kind_of_string(alice) -> None:
     as_json = [
         ("/api/v1/keys/", {"name": "a\x00b"}),
         ("/api/v1/keys/", {"name": "ok", "a\x00b": 1}),  # in a key
@@ -68,7 +68,7 @@ def test_nul_characters_are_refused_in_every_kind_of_string(alice) -> None:  # n
     assert alice.client.get("/api/v1/keys/").json()["count"] == 1  # only the fixture's own key exists
 
 
-def test_nan_and_infinity_are_not_json_numbers(alice) -> None:  # noqa: ANN001
+def test_nan_and_infinity_are_not_json_numbers(alice) -> None:
     for literal in ("NaN", "Infinity", "-Infinity"):
         body = '{"image": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "prompts": [{"points": [[%s, 1]]}]}' % literal
         response = alice.client.post("/api/v1/segment/", body, content_type="application/json")
@@ -80,7 +80,7 @@ def test_nan_and_infinity_are_not_json_numbers(alice) -> None:  # noqa: ANN001
     assert form.status_code == 400 and error_code(form) == "invalid"
 
 
-def test_django_request_limits_are_4xx(alice) -> None:  # noqa: ANN001
+def test_django_request_limits_are_4xx(alice) -> None:
     big_text = "x" * (2 * 1024 * 1024 + 10)
     huge_json = alice.client.post("/api/v1/segment/", {"prompts": [{"text": big_text}]}, format="json")
     assert huge_json.status_code == 413 and error_code(huge_json) == "request_too_large"
@@ -95,7 +95,7 @@ def test_django_request_limits_are_4xx(alice) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100_000])
-def test_deeply_nested_json_is_a_400(alice, depth: int) -> None:  # noqa: ANN001
+def test_deeply_nested_json_is_a_400(alice, depth: int) -> None:
     body = '{"prompts": ' + "[" * depth + "]" * depth + "}"
     response = alice.client.post("/api/v1/segment/", body, content_type="application/json")
     assert response.status_code == 400
@@ -105,7 +105,7 @@ def test_deeply_nested_json_is_a_400(alice, depth: int) -> None:  # noqa: ANN001
     assert error_code(form) in ("too_deeply_nested", "invalid")
 
 
-def test_nesting_within_the_limit_reaches_validation(alice) -> None:  # noqa: ANN001
+def test_nesting_within_the_limit_reaches_validation(alice) -> None:
     body = '{"prompts": ' + "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1) + "}"
     response = alice.client.post("/api/v1/segment/", body, content_type="application/json")
     assert response.status_code == 400
@@ -113,7 +113,7 @@ def test_nesting_within_the_limit_reaches_validation(alice) -> None:  # noqa: AN
 
 
 @pytest.mark.slow
-def test_limits_hold_through_the_real_server(start_server, alice) -> None:  # noqa: ANN001
+def test_limits_hold_through_the_real_server(start_server, alice) -> None:
     server = start_server()
     headers = {"X-API-Key": alice.key, "Content-Type": "application/json"}
     deep = '{"prompts": ' + "[" * 100_000 + "]" * 100_000 + "}"
@@ -140,14 +140,14 @@ def test_limits_hold_through_the_real_server(start_server, alice) -> None:  # no
 
 
 @pytest.mark.parametrize("body", ["1", "false", "[]", '"text"', "null"])
-def test_a_json_body_that_is_no_object_is_a_400(alice, body: str) -> None:  # noqa: ANN001
+def test_a_json_body_that_is_no_object_is_a_400(alice, body: str) -> None:
     for path in ("/api/v1/keys/", "/api/v1/segment/", "/api/v1/sessions/"):
         response = alice.client.post(path, body, content_type="application/json")
         assert response.status_code == 400, (path, body, response.content)
 
 
 @pytest.mark.slow
-def test_unreachable_database_answers_503_with_retry_after(start_server, alice) -> None:  # noqa: ANN001
+def test_unreachable_database_answers_503_with_retry_after(start_server, alice) -> None:
     server = start_server(DATABASE_URL="postgres://postgres@127.0.0.1:1/nowhere", DATABASE_POOL_TIMEOUT_SECONDS="1")
     response = requests.get(f"{server.url}/api/v1/me/", headers={"X-API-Key": alice.key}, timeout=30)
     assert response.status_code == 503, response.text
@@ -169,7 +169,7 @@ def role_without_connections() -> str:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_database_out_of_connections_answers_503(start_server, alice, role_without_connections: str) -> None:  # noqa: ANN001
+def test_database_out_of_connections_answers_503(start_server, alice, role_without_connections: str) -> None:
     url = _test_database_url().replace("postgres://postgres@", f"postgres://{role_without_connections}@")
     server = start_server(DATABASE_URL=url, DATABASE_POOL_TIMEOUT_SECONDS="1")
     response = requests.get(f"{server.url}/api/v1/me/", headers={"X-API-Key": alice.key}, timeout=30)
@@ -187,7 +187,7 @@ def _connections_named(application_name: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_connections_stay_bounded_under_concurrent_load(start_server, alice) -> None:  # noqa: ANN001
+def test_connections_stay_bounded_under_concurrent_load(start_server, alice) -> None:
     """Two web processes with a pool of 3 each hold at most 6 connections, whatever the load."""
     name = f"sam3-load-{time.monotonic_ns()}"
     server = start_server(
@@ -218,10 +218,10 @@ def test_connections_stay_bounded_under_concurrent_load(start_server, alice) -> 
     assert 1 <= peak[0] <= 2 * 3, peak[0]
 
 
-def test_multipart_body_stays_streamed_for_files(alice) -> None:  # noqa: ANN001
+def test_multipart_body_stays_streamed_for_files(alice) -> None:
     """The 2 MiB bound is for text fields only: a file above it still uploads (streamed to disk)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (1100, 1100, 3), dtype=np.uint8)).save(buffer, format="PNG")

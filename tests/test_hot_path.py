@@ -52,7 +52,7 @@ def _no_pending_usage() -> None:
 # --- key identities cached per process ---
 
 
-def test_a_known_key_costs_no_database_lookup_and_no_usage_write(alice) -> None:  # noqa: ANN001
+def test_a_known_key_costs_no_database_lookup_and_no_usage_write(alice) -> None:
     assert alice.client.get(ME).status_code == 200  # fills this process's cache (and writes last_used_at)
     with CaptureQueriesContext(connection) as queries:
         assert alice.client.get(ME).status_code == 200
@@ -63,7 +63,7 @@ def test_a_known_key_costs_no_database_lookup_and_no_usage_write(alice) -> None:
     assert not [q for q in sql if q.startswith("UPDATE")], sql
 
 
-def test_revocation_in_this_process_is_immediate_by_api_and_admin(make_client, admin_user) -> None:  # noqa: ANN001
+def test_revocation_in_this_process_is_immediate_by_api_and_admin(make_client, admin_user) -> None:
     alice = make_client("alice")
     other = alice.client.post("/api/v1/keys/", {"name": "second"}, format="json").json()
     second = APIClient()
@@ -81,7 +81,7 @@ def test_revocation_in_this_process_is_immediate_by_api_and_admin(make_client, a
     assert alice.client.get(ME).json()["error"]["code"] == "api_key_revoked"
 
 
-def test_deactivating_or_deleting_the_user_refuses_the_key_at_once(make_client) -> None:  # noqa: ANN001
+def test_deactivating_or_deleting_the_user_refuses_the_key_at_once(make_client) -> None:
     staff = make_client("root", staff=True)
     carol = make_client("carol")
     assert carol.client.get(ME).status_code == 200
@@ -93,14 +93,14 @@ def test_deactivating_or_deleting_the_user_refuses_the_key_at_once(make_client) 
     assert dave.client.get(ME).json()["error"]["code"] == "invalid_api_key"
 
 
-def test_a_quota_change_applies_at_once(alice) -> None:  # noqa: ANN001
+def test_a_quota_change_applies_at_once(alice) -> None:
     assert alice.client.get(ME).json()["quota"]["daily_requests"] is None
     Quota.objects.create(user=alice.user, daily_requests=5)
     assert alice.client.get(ME).json()["quota"]["daily_requests"] == 5
 
 
 @pytest.mark.slow
-def test_revocation_reaches_every_web_process_within_the_bound(start_server, make_client, admin_user) -> None:  # noqa: ANN001
+def test_revocation_reaches_every_web_process_within_the_bound(start_server, make_client, admin_user) -> None:
     """README: a revoked key, a deactivated user is refused by every web process within 2 s."""
     first, second = start_server(), start_server()
     alice, bob, carol = make_client("alice"), make_client("bob"), make_client("carol")
@@ -141,7 +141,7 @@ def test_revocation_reaches_every_web_process_within_the_bound(start_server, mak
 # --- usage: Redis, then Postgres in batches ---
 
 
-def test_usage_is_counted_in_redis_and_me_shows_stored_plus_pending(make_client) -> None:  # noqa: ANN001
+def test_usage_is_counted_in_redis_and_me_shows_stored_plus_pending(make_client) -> None:
     first = make_client("gina")
     second = make_client("gina")  # a second key of the same user
     for client in (first.client, first.client, second.client):
@@ -158,7 +158,7 @@ def test_usage_is_counted_in_redis_and_me_shows_stored_plus_pending(make_client)
     assert sorted(row["requests"] for row in first.client.get(ME).json()["usage"]) == [2, 5]
 
 
-def test_daily_quota_counts_stored_and_pending_requests(make_client) -> None:  # noqa: ANN001
+def test_daily_quota_counts_stored_and_pending_requests(make_client) -> None:
     gina = make_client("gina")
     Quota.objects.create(user=gina.user, daily_requests=3)
     assert gina.client.get(ME).status_code == 200
@@ -171,7 +171,7 @@ def test_daily_quota_counts_stored_and_pending_requests(make_client) -> None:  #
     assert stored_today(gina.user) == 3  # the refused request was not counted
 
 
-def test_a_failed_flush_gives_the_counts_back(alice, monkeypatch) -> None:  # noqa: ANN001
+def test_a_failed_flush_gives_the_counts_back(alice, monkeypatch) -> None:
     assert alice.client.get(ME).status_code == 200
 
     def database_down(_counts: object) -> None:
@@ -185,7 +185,7 @@ def test_a_failed_flush_gives_the_counts_back(alice, monkeypatch) -> None:  # no
     assert usage.flush() == 1 and stored_today(alice.user) == 1
 
 
-def test_counts_of_a_deleted_key_stay_with_its_user(make_client) -> None:  # noqa: ANN001
+def test_counts_of_a_deleted_key_stay_with_its_user(make_client) -> None:
     alice = make_client("alice")
     extra = make_client("alice")
     assert extra.client.get(ME).status_code == 200
@@ -198,7 +198,7 @@ def test_counts_of_a_deleted_key_stay_with_its_user(make_client) -> None:  # noq
 
 
 @pytest.mark.slow
-def test_a_web_process_flushes_periodically_and_loses_nothing_when_stopped(start_server, alice) -> None:  # noqa: ANN001
+def test_a_web_process_flushes_periodically_and_loses_nothing_when_stopped(start_server, alice) -> None:
     server = start_server()
     headers = {"X-API-Key": alice.key}
     for _ in range(4):
@@ -221,7 +221,7 @@ def test_a_web_process_flushes_periodically_and_loses_nothing_when_stopped(start
 # --- one throttle pass ---
 
 
-def test_anonymous_requests_count_once_against_their_address(settings) -> None:  # noqa: ANN001
+def test_anonymous_requests_count_once_against_their_address(settings) -> None:
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 3
     settings.REQUIRE_API_KEY = False
     client = APIClient()
@@ -230,7 +230,7 @@ def test_anonymous_requests_count_once_against_their_address(settings) -> None: 
     assert statuses == [400, 400, 400, 429]
 
 
-def test_wrong_keys_count_against_the_address(settings) -> None:  # noqa: ANN001
+def test_wrong_keys_count_against_the_address(settings) -> None:
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 2
     client = APIClient()
     client.credentials(HTTP_X_API_KEY="abcd1234.guessing")
@@ -240,7 +240,7 @@ def test_wrong_keys_count_against_the_address(settings) -> None:  # noqa: ANN001
     assert 1 <= int(answers[-1]["Retry-After"]) <= 60
 
 
-def test_the_throttle_follows_drfs_contract(alice, settings) -> None:  # noqa: ANN001
+def test_the_throttle_follows_drfs_contract(alice, settings) -> None:
     from rest_framework.request import Request
     from rest_framework.test import APIRequestFactory
 
@@ -274,7 +274,7 @@ def test_the_image_result_is_spliced_not_re_encoded() -> None:
     assert parsed["worker"] == "gpu.host.0@host:1" and parsed["results"] == result["results"]
 
 
-def test_segment_response_is_the_workers_bytes(model_worker, alice) -> None:  # noqa: ANN001
+def test_segment_response_is_the_workers_bytes(model_worker, alice) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     made = alice.client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("a.png", png_bytes(seed=5))}, format="multipart")
@@ -302,7 +302,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", 1 << 20) + b"IDAT" + bytes(64)  # the pixels would follow
 
 
-def test_inline_images_are_not_decoded_by_the_web_but_still_checked(settings) -> None:  # noqa: ANN001
+def test_inline_images_are_not_decoded_by_the_web_but_still_checked(settings) -> None:
     Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
     truncated = png_bytes(seed=3)[:300]  # a header, then cut: only a decoder notices
     image = segmentation_services.inline_image_store(_uploaded(truncated))

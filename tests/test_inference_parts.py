@@ -32,7 +32,7 @@ from sam3site.errors import DeadlineExceeded
 
 @pytest.mark.parametrize("encoder", [encode_rle_columns_first, encode_rle_run_boundaries])
 @pytest.mark.parametrize("shape", [(3, 7, 9), (2, 1, 1), (4, 1, 6), (2, 6, 1), (1, 32, 32)])
-def test_fast_rle_is_byte_identical_to_pycocotools(encoder, shape: tuple[int, int, int]) -> None:  # noqa: ANN001
+def test_fast_rle_is_byte_identical_to_pycocotools(encoder, shape: tuple[int, int, int]) -> None:
     generator = torch.Generator().manual_seed(sum(shape))
     for density in (0.0, 0.1, 0.5, 0.9, 1.0):
         masks = torch.rand(shape, generator=generator) < density
@@ -141,7 +141,7 @@ def test_expired_jobs_are_dropped_and_streams_interleave(host: ModelHost, tmp_pa
     scheduler = ModelScheduler(host)
     order: list[str] = []
 
-    def long_work():  # a propagation of 3 frames  # noqa: ANN202
+    def long_work():  # a propagation of 3 frames
         for frame in range(3):
             order.append(f"frame {frame}")
             yield

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 ME = "/api/v1/me/"
 
 
-def test_rate_limit_answers_429_with_retry_after(alice, settings) -> None:  # noqa: ANN001
+def test_rate_limit_answers_429_with_retry_after(alice, settings) -> None:
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 3
     statuses = [alice.client.get(ME).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -23,25 +23,25 @@ def test_rate_limit_answers_429_with_retry_after(alice, settings) -> None:  # no
     assert refused.json()["error"]["code"] == "rate_limited"
 
 
-def test_per_user_rate_overrides_the_default_and_clients_are_counted_apart(alice, bob) -> None:  # noqa: ANN001
+def test_per_user_rate_overrides_the_default_and_clients_are_counted_apart(alice, bob) -> None:
     Quota.objects.create(user=alice.user, requests_per_minute=2)
     assert [alice.client.get(ME).status_code for _ in range(3)] == [200, 200, 429]
     assert bob.client.get(ME).status_code == 200  # bob has the (high) default
 
 
-def test_anonymous_clients_are_limited_by_address(settings) -> None:  # noqa: ANN001
+def test_anonymous_clients_are_limited_by_address(settings) -> None:
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 2
     client = APIClient()
     assert [client.get("/api/v1/uploads/").status_code for _ in range(3)] == [401, 401, 429]
 
 
-def test_rate_limiting_can_be_turned_off(alice, settings) -> None:  # noqa: ANN001
+def test_rate_limiting_can_be_turned_off(alice, settings) -> None:
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 1
     settings.RATE_LIMIT_ENABLED = False
     assert {alice.client.get(ME).status_code for _ in range(5)} == {200}
 
 
-def test_daily_quota_counts_per_key_and_answers_429_until_midnight(make_client) -> None:  # noqa: ANN001
+def test_daily_quota_counts_per_key_and_answers_429_until_midnight(make_client) -> None:
     first = make_client("gina")
     second = make_client("gina")  # a second key of the same user
     Quota.objects.create(user=first.user, daily_requests=3)
@@ -59,7 +59,7 @@ def test_daily_quota_counts_per_key_and_answers_429_until_midnight(make_client) 
 
 
 @pytest.mark.slow
-def test_rate_limit_is_shared_by_two_web_processes(start_server, alice) -> None:  # noqa: ANN001
+def test_rate_limit_is_shared_by_two_web_processes(start_server, alice) -> None:
     first = start_server(RATE_LIMIT_REQUESTS_PER_MINUTE="4")
     second = start_server(RATE_LIMIT_REQUESTS_PER_MINUTE="4")
     headers = {"X-API-Key": alice.key}
@@ -74,7 +74,7 @@ def test_rate_limit_is_shared_by_two_web_processes(start_server, alice) -> None:
 
 
 @pytest.mark.slow
-def test_daily_quota_is_shared_by_two_web_processes(start_server, alice) -> None:  # noqa: ANN001
+def test_daily_quota_is_shared_by_two_web_processes(start_server, alice) -> None:
     Quota.objects.create(user=alice.user, daily_requests=3)
     first, second = start_server(), start_server()
     headers = {"X-API-Key": alice.key}
@@ -82,7 +82,7 @@ def test_daily_quota_is_shared_by_two_web_processes(start_server, alice) -> None
     assert statuses == [200, 200, 200, 429]
 
 
-def test_no_client_sees_another_clients_objects(alice, bob, make_client) -> None:  # noqa: ANN001
+def test_no_client_sees_another_clients_objects(alice, bob, make_client) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     made = alice.client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("a.png", png_bytes())}, format="multipart")

@@ -26,11 +26,11 @@ def photo(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def upload(client, seed: int) -> str:  # noqa: ANN001
+def upload(client, seed: int) -> str:
     return client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("p.png", photo(seed))}, format="multipart").json()["id"]
 
 
-def test_no_worker_means_not_ready_and_503(alice) -> None:  # noqa: ANN001
+def test_no_worker_means_not_ready_and_503(alice) -> None:
     import redis
     from django.conf import settings
 
@@ -46,7 +46,7 @@ def test_no_worker_means_not_ready_and_503(alice) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_worker_with_bad_weights_reports_the_reason(damage: str, tiny_checkpoint: Path, tmp_path: Path, alice) -> None:  # noqa: ANN001
+def test_worker_with_bad_weights_reports_the_reason(damage: str, tiny_checkpoint: Path, tmp_path: Path, alice) -> None:
     checkpoint = tmp_path / "weights"
     if damage == "corrupt":
         shutil.copytree(tiny_checkpoint, checkpoint)
@@ -67,7 +67,7 @@ def test_worker_with_bad_weights_reports_the_reason(damage: str, tiny_checkpoint
         workers.stop()
 
 
-def test_two_workers_share_the_load_and_keep_cache_affinity(tiny_checkpoint: Path, tmp_path: Path, alice) -> None:  # noqa: ANN001
+def test_two_workers_share_the_load_and_keep_cache_affinity(tiny_checkpoint: Path, tmp_path: Path, alice) -> None:
     workers = launch_workers(tmp_path, tiny_checkpoint, devices=("cpu", "cpu"))
     try:
         assert len(workers.names) == 2
@@ -94,7 +94,7 @@ def test_two_workers_share_the_load_and_keep_cache_affinity(tiny_checkpoint: Pat
 
 
 @pytest.mark.slow
-def test_embedded_mode_serves_segmentation_in_one_process(start_server, tiny_checkpoint: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_embedded_mode_serves_segmentation_in_one_process(start_server, tiny_checkpoint: Path, tmp_path: Path) -> None:
     server = start_server(
         DATABASE_URL="", REDIS_URL="", DATA_DIR=str(tmp_path / "var"), SAM3_CHECKPOINT=str(tiny_checkpoint),
     )
@@ -118,7 +118,7 @@ def test_embedded_mode_serves_segmentation_in_one_process(start_server, tiny_che
 
 
 @pytest.mark.slow
-def test_embedded_quick_start_writes_the_tiny_model_when_weights_are_missing(start_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_embedded_quick_start_writes_the_tiny_model_when_weights_are_missing(start_server, tmp_path: Path) -> None:
     server = start_server(DATABASE_URL="", REDIS_URL="", DATA_DIR=str(tmp_path / "var"), SAM3_CHECKPOINT=str(tmp_path / "none"))
     import time
 
@@ -148,7 +148,7 @@ def test_video_model_required_stops_the_workers_when_the_model_cannot_load(tmp_p
     assert "VIDEO_MODEL_REQUIRED is set and the model did not load" in result.stderr
 
 
-def test_image_model_disabled_answers_503(alice, monkeypatch) -> None:  # noqa: ANN001
+def test_image_model_disabled_answers_503(alice, monkeypatch) -> None:
     from django.conf import settings
 
     monkeypatch.setattr(settings.CONFIG, "image_model_enabled", False)
@@ -157,7 +157,7 @@ def test_image_model_disabled_answers_503(alice, monkeypatch) -> None:  # noqa: 
     assert response.json()["error"]["code"] == "image_disabled"
 
 
-def test_video_model_disabled_refuses_sessions(alice, monkeypatch) -> None:  # noqa: ANN001
+def test_video_model_disabled_refuses_sessions(alice, monkeypatch) -> None:
     from django.conf import settings
 
     from tests.conftest import mp4_bytes
@@ -172,7 +172,7 @@ def test_video_model_disabled_refuses_sessions(alice, monkeypatch) -> None:  # n
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # the request runs on another thread, with its own connection
 def test_worker_dying_during_an_image_request_answers_within_the_deadline(
-    tiny_checkpoint: Path, tmp_path: Path, alice, monkeypatch  # noqa: ANN001
+    tiny_checkpoint: Path, tmp_path: Path, alice, monkeypatch
 ) -> None:
     """kill -9 of the worker holding a request: the client gets 503/504 by the deadline, never a hang."""
     import os

@@ -151,7 +151,7 @@ def test_large_blobs_with_holes_fill_back_and_match_rle() -> None:
 
 
 @pytest.mark.django_db
-def test_served_polygons_fill_back_to_the_served_rle(model_worker, alice) -> None:  # noqa: ANN001
+def test_served_polygons_fill_back_to_the_served_rle(model_worker, alice) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from tests.conftest import png_bytes

@@ -38,17 +38,17 @@ def rgb(content: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def local_model(tiny_checkpoint: Path):  # noqa: ANN201
+def local_model(tiny_checkpoint: Path):
     return load_sam3(tiny_checkpoint, None, "cpu")
 
 
-def upload_image(client, content: bytes) -> str:  # noqa: ANN001
+def upload_image(client, content: bytes) -> str:
     response = client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("p.png", content)}, format="multipart")
     assert response.status_code == 201, response.json()
     return response.json()["id"]
 
 
-def segment(client, **body):  # noqa: ANN001, ANN003, ANN201
+def segment(client, **body):
     return client.post(SEGMENT, body, format="json")
 
 
@@ -56,7 +56,7 @@ def masks_of(result: dict) -> np.ndarray:
     return np.stack([decode_rle(instance["mask"]) for instance in result["instances"]]) if result["instances"] else np.zeros((0,))
 
 
-def test_text_prompt_matches_the_model_called_directly(model_worker, alice, local_model) -> None:  # noqa: ANN001
+def test_text_prompt_matches_the_model_called_directly(model_worker, alice, local_model) -> None:
     content = photo()
     image_id = upload_image(alice.client, content)
     response = segment(alice.client, image=image_id, prompts=[{"text": "dog"}], threshold=LOW)
@@ -77,7 +77,7 @@ def test_text_prompt_matches_the_model_called_directly(model_worker, alice, loca
         assert instance["mask"]["size"] == [120, 160] and isinstance(instance["mask"]["counts"], str)
 
 
-def test_box_point_and_mixed_prompts_in_one_request(model_worker, alice, local_model) -> None:  # noqa: ANN001
+def test_box_point_and_mixed_prompts_in_one_request(model_worker, alice, local_model) -> None:
     content = photo(seed=2)
     prompts = [
         {"boxes": [[10, 10, 80, 60]], "box_labels": [1]},
@@ -102,7 +102,7 @@ def test_box_point_and_mixed_prompts_in_one_request(model_worker, alice, local_m
     assert len(results[2]["instances"]) == 1 and 0.0 <= results[2]["object_score"] <= 1.0
 
 
-def test_inline_file_anonymous_and_other_mask_formats(model_worker, settings) -> None:  # noqa: ANN001
+def test_inline_file_anonymous_and_other_mask_formats(model_worker, settings) -> None:
     from rest_framework.test import APIClient
 
     settings.REQUIRE_API_KEY = False
@@ -130,7 +130,7 @@ def test_inline_file_anonymous_and_other_mask_formats(model_worker, settings) ->
     assert not list((Path(settings.UPLOAD_DIR) / ".inline").glob("*"))  # inline images do not stay
 
 
-def test_follow_up_prompt_hits_the_feature_cache(model_worker, alice) -> None:  # noqa: ANN001
+def test_follow_up_prompt_hits_the_feature_cache(model_worker, alice) -> None:
     image_id = upload_image(alice.client, photo(seed=4))
     first = segment(alice.client, image=image_id, prompts=[{"text": "dog"}], threshold=LOW).json()
     second = segment(alice.client, image=image_id, prompts=[{"text": "dog"}], threshold=LOW).json()
@@ -163,14 +163,14 @@ def test_follow_up_prompt_hits_the_feature_cache(model_worker, alice) -> None:  
         ({"prompts": "not a list"}, 400, "invalid"),
     ],
 )
-def test_bad_prompts_are_400_with_a_code(model_worker, alice, body: dict, status: int, code: str) -> None:  # noqa: ANN001
+def test_bad_prompts_are_400_with_a_code(model_worker, alice, body: dict, status: int, code: str) -> None:
     image_id = upload_image(alice.client, photo(seed=5))
     response = segment(alice.client, image=image_id, **body)
     assert response.status_code == status, response.json()
     assert response.json()["error"]["code"] == code
 
 
-def test_bad_image_references_and_files(model_worker, alice, bob) -> None:  # noqa: ANN001
+def test_bad_image_references_and_files(model_worker, alice, bob) -> None:
     image_id = upload_image(alice.client, photo(seed=6))
     prompts = [{"text": "dog"}]
     assert segment(bob.client, image=image_id, prompts=prompts).json()["error"]["code"] == "upload_not_found"
@@ -187,7 +187,7 @@ def test_bad_image_references_and_files(model_worker, alice, bob) -> None:  # no
     assert malformed.status_code == 400
 
 
-def test_overload_answers_503_with_retry_after_at_once(model_worker, alice, monkeypatch) -> None:  # noqa: ANN001
+def test_overload_answers_503_with_retry_after_at_once(model_worker, alice, monkeypatch) -> None:
     import redis
     from django.conf import settings
 
@@ -210,7 +210,7 @@ def test_overload_answers_503_with_retry_after_at_once(model_worker, alice, monk
     assert segment(alice.client, image=image_id, prompts=[{"text": "dog"}]).status_code == 200
 
 
-def test_concurrent_clients_are_all_served_or_told_to_retry(model_worker, start_server, alice) -> None:  # noqa: ANN001
+def test_concurrent_clients_are_all_served_or_told_to_retry(model_worker, start_server, alice) -> None:
     """Eight clients against a queue limit of 3: refused requests get 503 + Retry-After, and clients
     that honour it are all served in the end."""
     server = start_server(INFERENCE_QUEUE_LIMIT="3")
@@ -244,7 +244,7 @@ def test_concurrent_clients_are_all_served_or_told_to_retry(model_worker, start_
     assert all(code == "overloaded" and retry_after and retry_after.isdigit() for code, retry_after in refused)
 
 
-def test_expired_requests_are_dropped_not_computed(model_worker, alice, monkeypatch) -> None:  # noqa: ANN001
+def test_expired_requests_are_dropped_not_computed(model_worker, alice, monkeypatch) -> None:
     import os
     import signal
 
@@ -282,7 +282,7 @@ def read_queue() -> str:
     return read_registry()[0].queue
 
 
-def test_full_http_path_through_a_live_server(model_worker, start_server, alice, local_model) -> None:  # noqa: ANN001
+def test_full_http_path_through_a_live_server(model_worker, start_server, alice, local_model) -> None:
     server = start_server()
     content = photo(seed=9)
     response = requests.post(

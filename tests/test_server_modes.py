@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.slow
-def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_path: Path) -> None:
     embedded = {
         "DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "DJANGO_SECRET_KEY": "",
         "API_KEYS": '["your-api-key-1", "your-api-key-2"]',  # the contract's default: the guide's examples
@@ -110,7 +110,7 @@ def test_embedded_default_refuses_several_workers(tmp_path: Path) -> None:
     assert "SERVER_WORKERS > 1 needs REDIS_URL" in result.stderr
 
 
-def test_cors_preflight_allows_the_api_key_header(settings) -> None:  # noqa: ANN001
+def test_cors_preflight_allows_the_api_key_header(settings) -> None:
     response = Client().options(
         "/api/v1/me/", HTTP_ORIGIN="https://labeling.example.com",
         HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET", HTTP_ACCESS_CONTROL_REQUEST_HEADERS="x-api-key",
@@ -120,7 +120,7 @@ def test_cors_preflight_allows_the_api_key_header(settings) -> None:  # noqa: AN
     assert "x-api-key" in response["Access-Control-Allow-Headers"].lower()
 
 
-def test_browsable_api_and_admin_pages_render(admin_user, alice) -> None:  # noqa: ANN001
+def test_browsable_api_and_admin_pages_render(admin_user, alice) -> None:
     browser = Client()
     browser.force_login(admin_user)
     for page in ("/api/v1/", "/api/v1/me/", "/api/v1/uploads/", "/api/v1/keys/", "/api/v1/users/"):
@@ -131,7 +131,7 @@ def test_browsable_api_and_admin_pages_render(admin_user, alice) -> None:  # noq
         assert browser.get(page).status_code == 200, page
 
 
-def test_celery_is_configured_from_django_settings(settings) -> None:  # noqa: ANN001
+def test_celery_is_configured_from_django_settings(settings) -> None:
     from sam3site.celery import app
 
     assert app.conf.broker_url == settings.REDIS_URL
@@ -139,7 +139,7 @@ def test_celery_is_configured_from_django_settings(settings) -> None:  # noqa: A
 
 
 @pytest.mark.slow
-def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # noqa: ANN001
+def test_reload_restarts_the_server_when_code_changes(start_server) -> None:
     server = start_server(RELOAD="true")
     watched = ROOT / "sam3site" / "views.py"
     time.sleep(1.5)  # let the reloader take its first snapshot of modification times
@@ -160,7 +160,7 @@ def test_reload_restarts_the_server_when_code_changes(start_server) -> None:  # 
     assert requests.get(f"{server.url}/healthz", timeout=5).ok
 
 
-def test_browsable_api_offers_a_file_upload_form(admin_user) -> None:  # noqa: ANN001
+def test_browsable_api_offers_a_file_upload_form(admin_user) -> None:
     browser = Client()
     browser.force_login(admin_user)
     page = browser.get("/api/v1/uploads/", HTTP_ACCEPT="text/html").content.decode()

@@ -19,7 +19,7 @@ from tests.test_sessions import api, open_session, propagation_finished, wait_fo
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
+def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkpoint, tmp_path, alice) -> None:
     workers = launch_workers(tmp_path, tiny_checkpoint, SESSION_CLEANUP_INTERVAL_SECONDS="1", SESSION_TIMEOUT_SECONDS="5")
     try:
         server = start_server()
@@ -31,7 +31,7 @@ def test_worker_sweep_frees_memory_of_expired_sessions(start_server, tiny_checkp
         workers.stop()
 
 
-def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start_server, tiny_checkpoint, tmp_path, alice) -> None:  # noqa: ANN001
+def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start_server, tiny_checkpoint, tmp_path, alice) -> None:
     # The default heartbeat timeout (not the fixtures' shorter one), and a second worker that
     # notices the loss: a restarted worker would first have to start and load the model.
     default_timeout = Config.model_fields["worker_heartbeat_timeout_seconds"].default

@@ -30,15 +30,15 @@ FRAMES = 10
 
 
 @pytest.fixture
-def server(start_server, model_worker):  # noqa: ANN001, ANN201
+def server(start_server, model_worker):
     return start_server()
 
 
-def api(server, key: str, method: str, path: str, **kwargs):  # noqa: ANN001, ANN201
+def api(server, key: str, method: str, path: str, **kwargs):
     return requests.request(method, f"{server.url}/api/v1{path}", headers={"X-API-Key": key}, timeout=60, **kwargs)
 
 
-def open_session(server, client, frames: int = FRAMES) -> str:  # noqa: ANN001
+def open_session(server, client, frames: int = FRAMES) -> str:
     upload = client.client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("v.mp4", mp4_bytes(frames=frames))}, format="multipart")
     created = api(server, client.key, "POST", "/sessions/", json={"video": upload.json()["id"]})
     assert created.status_code == 201, created.text
@@ -46,7 +46,7 @@ def open_session(server, client, frames: int = FRAMES) -> str:  # noqa: ANN001
     return created.json()["id"]
 
 
-def wait_for(predicate, timeout: float = 60, every: float = 0.2):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 60, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
@@ -55,12 +55,12 @@ def wait_for(predicate, timeout: float = 60, every: float = 0.2):  # noqa: ANN00
     raise AssertionError("condition not reached in time")
 
 
-def propagation_finished(server, key: str, session_id: str):  # noqa: ANN001, ANN201
+def propagation_finished(server, key: str, session_id: str):
     body = api(server, key, "GET", f"/sessions/{session_id}/").json()
     return body if body["status"] == "ready" and body["propagation"].get("state") not in (None, "running") else None
 
 
-def ws_url(server, session_id: str, query: str = "") -> str:  # noqa: ANN001
+def ws_url(server, session_id: str, query: str = "") -> str:
     return f"{server.url.replace('http', 'ws')}/ws/sessions/{session_id}/{query}"
 
 
@@ -70,7 +70,7 @@ def live_sessions_in_worker() -> int:
     return sum(w.sessions for w in read_registry())
 
 
-def next_of_type(socket, kind: str) -> dict:  # noqa: ANN001
+def next_of_type(socket, kind: str) -> dict:
     """The next message of a kind, skipping status/progress events that may come in between."""
     while True:
         message = json.loads(socket.recv(timeout=30))
@@ -79,7 +79,7 @@ def next_of_type(socket, kind: str) -> dict:  # noqa: ANN001
         assert message["type"] in ("status", "progress"), message
 
 
-def test_lifecycle_over_rest(server, alice) -> None:  # noqa: ANN001
+def test_lifecycle_over_rest(server, alice) -> None:
     session_id = open_session(server, alice)
     text = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "text": "dog"})
     assert text.status_code == 200, text.text
@@ -118,7 +118,7 @@ def test_lifecycle_over_rest(server, alice) -> None:  # noqa: ANN001
     wait_for(lambda: live_sessions_in_worker() == held - 1)  # the worker freed the session
 
 
-def test_lifecycle_over_the_websocket(server, alice) -> None:  # noqa: ANN001
+def test_lifecycle_over_the_websocket(server, alice) -> None:
     session_id = open_session(server, alice)
     with connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key}, open_timeout=10) as socket:
         hello = json.loads(socket.recv(timeout=10))
@@ -153,7 +153,7 @@ def test_lifecycle_over_the_websocket(server, alice) -> None:  # noqa: ANN001
         assert next_of_type(socket, "error")["code"] == "not_propagating"
 
 
-def test_websocket_auth_tickets_and_owner_isolation(server, alice, bob) -> None:  # noqa: ANN001
+def test_websocket_auth_tickets_and_owner_isolation(server, alice, bob) -> None:
     session_id = open_session(server, alice)
     for headers in ({}, {"X-API-Key": "wrong.key"}, {"X-API-Key": bob.key}):
         with pytest.raises(InvalidStatus) as refused:  # closed before accept: the handshake is refused
@@ -173,7 +173,7 @@ def test_websocket_auth_tickets_and_owner_isolation(server, alice, bob) -> None:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
 
 
-def test_websocket_origin_is_checked(start_server, model_worker, alice) -> None:  # noqa: ANN001
+def test_websocket_origin_is_checked(start_server, model_worker, alice) -> None:
     server = start_server(ALLOWED_HOSTS='["127.0.0.1", "localhost"]')
     session_id = open_session(server, alice)
     with pytest.raises(InvalidStatus) as refused:
@@ -183,7 +183,7 @@ def test_websocket_origin_is_checked(start_server, model_worker, alice) -> None:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
 
 
-def test_cancel_and_resume(server, alice) -> None:  # noqa: ANN001
+def test_cancel_and_resume(server, alice) -> None:
     frames = 60
     session_id = open_session(server, alice, frames=frames)
     api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "points": [[20, 20]]})
@@ -202,7 +202,7 @@ def test_cancel_and_resume(server, alice) -> None:  # noqa: ANN001
     assert FrameResult.objects.filter(session_id=session_id).count() == frames
 
 
-def test_bad_input(server, alice) -> None:  # noqa: ANN001
+def test_bad_input(server, alice) -> None:
     session_id = open_session(server, alice)
     post = lambda path, body: api(server, alice.key, "POST", f"/sessions/{session_id}{path}", json=body)  # noqa: E731
     assert post("/propagate/", {}).json()["error"]["code"] == "nothing_to_propagate"
@@ -232,7 +232,7 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def test_per_user_session_quota(server, alice, bob) -> None:  # noqa: ANN001
+def test_per_user_session_quota(server, alice, bob) -> None:
     from accounts.models import Quota
 
     Quota.objects.create(user=alice.user, max_concurrent_sessions=1)
@@ -246,7 +246,7 @@ def test_per_user_session_quota(server, alice, bob) -> None:  # noqa: ANN001
     assert api(server, alice.key, "POST", "/sessions/", json={"video": upload}).status_code == 201
 
 
-def test_server_wide_session_limit(start_server, model_worker, alice, bob) -> None:  # noqa: ANN001
+def test_server_wide_session_limit(start_server, model_worker, alice, bob) -> None:
     server = start_server(MAX_CONCURRENT_SESSIONS="2")
     open_session(server, alice)
     open_session(server, bob)
@@ -256,7 +256,7 @@ def test_server_wide_session_limit(start_server, model_worker, alice, bob) -> No
     assert "Retry-After" in refused.headers
 
 
-def test_expiry_and_the_cleanup_command(server, alice) -> None:  # noqa: ANN001
+def test_expiry_and_the_cleanup_command(server, alice) -> None:
     session_id = open_session(server, alice)
     api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "points": [[10, 10]]})
     api(server, alice.key, "POST", f"/sessions/{session_id}/propagate/", json={"max_frames": 2})
@@ -290,7 +290,7 @@ def server_database_url() -> str:
     return _test_database_url()
 
 
-def test_admin_lists_sessions_and_closes_them(server, alice, admin_user) -> None:  # noqa: ANN001
+def test_admin_lists_sessions_and_closes_them(server, alice, admin_user) -> None:
     from django.test import Client
 
     session_id = open_session(server, alice)
@@ -308,7 +308,7 @@ def test_admin_lists_sessions_and_closes_them(server, alice, admin_user) -> None
     wait_for(lambda: live_sessions_in_worker() == held - 1)
 
 
-def test_slow_readers_get_notices_beyond_the_unacknowledged_window(server, alice) -> None:  # noqa: ANN001
+def test_slow_readers_get_notices_beyond_the_unacknowledged_window(server, alice) -> None:
     from sessions.consumers import UNACKED_FRAME_LIMIT
 
     frames = UNACKED_FRAME_LIMIT + 6
@@ -338,7 +338,7 @@ def test_slow_readers_get_notices_beyond_the_unacknowledged_window(server, alice
     assert all("objects" in m for m in acknowledging)
 
 
-def test_concurrent_sessions_interleave_with_image_requests(server, alice, bob) -> None:  # noqa: ANN001
+def test_concurrent_sessions_interleave_with_image_requests(server, alice, bob) -> None:
     import io
 
     from PIL import Image

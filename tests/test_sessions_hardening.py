@@ -40,26 +40,26 @@ WIDTH, HEIGHT = 64, 48  # conftest's mp4_bytes
 
 
 @pytest.fixture
-def server(start_server, model_worker):  # noqa: ANN001, ANN201
+def server(start_server, model_worker):
     return start_server()
 
 
-def post(server, client, session_id: str, path: str, body: dict | None = None):  # noqa: ANN001, ANN201
+def post(server, client, session_id: str, path: str, body: dict | None = None):
     return api(server, client.key, "POST", f"/sessions/{session_id}{path}", json=body or {})
 
 
-def error_code(response) -> str:  # noqa: ANN001
+def error_code(response) -> str:
     return response.json()["error"]["code"]
 
 
 @contextmanager
-def socket_for(server, client, session_id: str) -> Iterator[ClientConnection]:  # noqa: ANN001
+def socket_for(server, client, session_id: str) -> Iterator[ClientConnection]:
     with connect(ws_url(server, session_id), additional_headers={"X-API-Key": client.key}, open_timeout=10) as socket:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
         yield socket
 
 
-def start_propagation(socket, body: dict, *, until_frames: int | None = None) -> tuple[dict, list[int]]:  # noqa: ANN001
+def start_propagation(socket, body: dict, *, until_frames: int | None = None) -> tuple[dict, list[int]]:
     """Start a propagation over the websocket; its record, and the frames it delivers in delivery
     order: all of them (until ``done``), or the first ``until_frames``."""
     socket.send(json.dumps({"type": "propagate", **body}))
@@ -79,11 +79,11 @@ def start_propagation(socket, body: dict, *, until_frames: int | None = None) ->
     return answer, frames
 
 
-def propagated_frames(socket, body: dict) -> list[int]:  # noqa: ANN001
+def propagated_frames(socket, body: dict) -> list[int]:
     return start_propagation(socket, body)[1]
 
 
-def cancel_and_wait(server, client, session_id: str, socket: ClientConnection) -> dict:  # noqa: ANN001
+def cancel_and_wait(server, client, session_id: str, socket: ClientConnection) -> dict:
     """Cancel the running propagation; its record once it has stopped (the socket read past its end)."""
     assert post(server, client, session_id, "/cancel/").status_code == 202
     while json.loads(socket.recv(timeout=60))["type"] != "cancelled":
@@ -94,7 +94,7 @@ def cancel_and_wait(server, client, session_id: str, socket: ClientConnection) -
 
 # --- 6: clicks are checked against the frame, as on images ---
 
-def test_prompts_outside_the_frame_are_refused_like_on_images(server, alice) -> None:  # noqa: ANN001
+def test_prompts_outside_the_frame_are_refused_like_on_images(server, alice) -> None:
     session_id = open_session(server, alice)
     outside = [
         {"frame": 0, "points": [[1e308, 1]], "point_labels": [1]},
@@ -125,7 +125,7 @@ def test_prompts_outside_the_frame_are_refused_like_on_images(server, alice) -> 
     assert image.json()["error"]["detail"] == {"prompt": 0, "width": WIDTH, "height": HEIGHT}
 
 
-def test_text_over_the_encoders_tokens_is_refused_in_sessions_like_on_images(server, alice) -> None:  # noqa: ANN001
+def test_text_over_the_encoders_tokens_is_refused_in_sessions_like_on_images(server, alice) -> None:
     from tests.test_text_prompts import FEW_WORDS_MANY_TOKENS  # 4 words, 33 tokens for the tiny vocabulary
 
     session_id = open_session(server, alice)
@@ -140,7 +140,7 @@ def test_text_over_the_encoders_tokens_is_refused_in_sessions_like_on_images(ser
 
 # --- 8: every propagation delivers each frame once, in its direction's order ---
 
-def test_propagations_deliver_each_frame_once_in_order(server, alice) -> None:  # noqa: ANN001
+def test_propagations_deliver_each_frame_once_in_order(server, alice) -> None:
     frames, middle = 12, 5
     session_id = open_session(server, alice, frames=frames)
     assert post(server, alice, session_id, "/prompts/", {"frame": 0, "text": "dog"}).status_code == 200
@@ -158,7 +158,7 @@ def test_propagations_deliver_each_frame_once_in_order(server, alice) -> None:  
 
 # --- 9: resume continues the last propagation, not whatever frames were ever stored ---
 
-def test_resume_continues_the_last_propagation(server, alice) -> None:  # noqa: ANN001
+def test_resume_continues_the_last_propagation(server, alice) -> None:
     frames = 60
     session_id = open_session(server, alice, frames=frames)
     post(server, alice, session_id, "/prompts/", {"frame": 0, "points": [[20, 20]]})
@@ -179,7 +179,7 @@ def test_resume_continues_the_last_propagation(server, alice) -> None:  # noqa: 
     assert error_code(post(server, alice, session_id, "/propagate/", {"resume": True})) == "nothing_to_resume"
 
 
-def test_resume_of_both_directions_finishes_both_legs(server, alice) -> None:  # noqa: ANN001
+def test_resume_of_both_directions_finishes_both_legs(server, alice) -> None:
     frames, start = 60, 20
     session_id = open_session(server, alice, frames=frames)
     post(server, alice, session_id, "/prompts/", {"frame": start, "points": [[20, 20]]})
@@ -211,7 +211,7 @@ ENDPOINTS = [
 ]
 
 
-def assert_gone(server, client, session_id: str, code: str) -> None:  # noqa: ANN001
+def assert_gone(server, client, session_id: str, code: str) -> None:
     for method, path, body in ENDPOINTS:
         response = api(server, client.key, method, f"/sessions/{session_id}{path}", json=body)
         assert response.status_code == 410, (method, path, response.text)
@@ -227,7 +227,7 @@ def assert_gone(server, client, session_id: str, code: str) -> None:  # noqa: AN
     assert socket.close_code == SESSION_ENDED_CLOSE_CODE
 
 
-def test_closed_and_expired_sessions_are_gone(server, alice) -> None:  # noqa: ANN001
+def test_closed_and_expired_sessions_are_gone(server, alice) -> None:
     closed, expired = open_session(server, alice), open_session(server, alice)
     for session_id in (closed, expired):
         post(server, alice, session_id, "/prompts/", {"frame": 0, "points": [[10, 10]]})
@@ -250,7 +250,7 @@ def test_closed_and_expired_sessions_are_gone(server, alice) -> None:  # noqa: A
 
 # --- 11: binary, empty and oversized websocket messages get an error; the socket stays open ---
 
-def test_odd_websocket_messages_get_an_error_and_the_socket_stays_open(server, alice) -> None:  # noqa: ANN001
+def test_odd_websocket_messages_get_an_error_and_the_socket_stays_open(server, alice) -> None:
     session_id = open_session(server, alice)
     with socket_for(server, alice, session_id) as socket:
         socket.send(b"\x00\x01binary")
@@ -266,7 +266,7 @@ def test_odd_websocket_messages_get_an_error_and_the_socket_stays_open(server, a
 
 # --- 12: programs send no Origin; they are let in with a key or a ticket, browsers still checked ---
 
-def test_origin_less_clients_with_credentials_are_let_in(start_server, model_worker, alice) -> None:  # noqa: ANN001
+def test_origin_less_clients_with_credentials_are_let_in(start_server, model_worker, alice) -> None:
     server = start_server(ALLOWED_HOSTS='["127.0.0.1"]')
     session_id = open_session(server, alice)
     with connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key}, open_timeout=10) as socket:
@@ -291,7 +291,7 @@ def test_origin_less_clients_with_credentials_are_let_in(start_server, model_wor
 
 # --- 14: the websocket is told when its session expires or is closed ---
 
-def test_websocket_is_told_when_its_session_expires(server, alice) -> None:  # noqa: ANN001
+def test_websocket_is_told_when_its_session_expires(server, alice) -> None:
     session_id = open_session(server, alice)
     with socket_for(server, alice, session_id) as socket:
         VideoSession.objects.filter(pk=session_id).update(last_activity_at=timezone.now() - dt.timedelta(hours=2))
@@ -308,7 +308,7 @@ def test_websocket_is_told_when_its_session_expires(server, alice) -> None:  # n
 
 # --- close wins over a running propagation ---
 
-def test_close_during_a_propagation_stays_closed(server, alice) -> None:  # noqa: ANN001
+def test_close_during_a_propagation_stays_closed(server, alice) -> None:
     frames = 120
     session_id = open_session(server, alice, frames=frames)
     post(server, alice, session_id, "/prompts/", {"frame": 0, "points": [[20, 20]]})
@@ -334,7 +334,7 @@ def test_close_during_a_propagation_stays_closed(server, alice) -> None:  # noqa
 
 # --- coverage: reset, and the session list is per user ---
 
-def test_reset_forgets_every_object(server, alice) -> None:  # noqa: ANN001
+def test_reset_forgets_every_object(server, alice) -> None:
     session_id = open_session(server, alice)
     post(server, alice, session_id, "/prompts/", {"frame": 0, "text": "dog"})
     clicked = post(server, alice, session_id, "/prompts/", {"frame": 2, "points": [[20, 20]]}).json()["object_id"]
@@ -350,7 +350,7 @@ def test_reset_forgets_every_object(server, alice) -> None:  # noqa: ANN001
     assert again.status_code == 200 and again.json()["object_id"] == 10_000  # ids start over
 
 
-def test_session_list_is_per_user(server, alice, bob) -> None:  # noqa: ANN001
+def test_session_list_is_per_user(server, alice, bob) -> None:
     alices = {open_session(server, alice), open_session(server, alice)}
     bobs = open_session(server, bob)
     listed = lambda client: {s["id"] for s in api(server, client.key, "GET", "/sessions/").json()["results"]}  # noqa: E731

@@ -34,17 +34,17 @@ def test_serializer_refuses_more_words_than_tokens() -> None:
     assert refused.value.message.startswith("The text prompt has at least 33 tokens; the text encoder reads at most 32")
 
 
-def _image(client) -> str:  # noqa: ANN001
+def _image(client) -> str:
     response = client.post("/api/v1/uploads/", {"file": SimpleUploadedFile("p.png", png_bytes(64, 48, seed=5))}, format="multipart")
     assert response.status_code == 201, response.json()
     return response.json()["id"]
 
 
-def _segment(client, image_id: str, text: str):  # noqa: ANN001, ANN202
+def _segment(client, image_id: str, text: str):
     return client.post(SEGMENT, {"image": image_id, "prompts": [{"text": text}], "threshold": 0.0}, format="json")
 
 
-def test_too_many_words_are_refused_by_the_web(model_worker, alice) -> None:  # noqa: ANN001
+def test_too_many_words_are_refused_by_the_web(model_worker, alice) -> None:
     image_id = _image(alice.client)
     text = " ".join(["dog"] * 40)  # 159 characters: within the 200-character bound
     response = _segment(alice.client, image_id, text)
@@ -54,7 +54,7 @@ def test_too_many_words_are_refused_by_the_web(model_worker, alice) -> None:  # 
     assert error["message"].startswith("The text prompt has at least 42 tokens; the text encoder reads at most 32")
 
 
-def test_too_many_tokens_are_refused_by_the_worker_in_our_words(model_worker, alice) -> None:  # noqa: ANN001
+def test_too_many_tokens_are_refused_by_the_worker_in_our_words(model_worker, alice) -> None:
     image_id = _image(alice.client)
     response = _segment(alice.client, image_id, FEW_WORDS_MANY_TOKENS)
     assert response.status_code == 400
@@ -64,7 +64,7 @@ def test_too_many_tokens_are_refused_by_the_worker_in_our_words(model_worker, al
     assert "max_position_embeddings" not in error["message"]  # not transformers' internals
 
 
-def test_a_prompt_of_exactly_the_limit_is_answered(model_worker, alice) -> None:  # noqa: ANN001
+def test_a_prompt_of_exactly_the_limit_is_answered(model_worker, alice) -> None:
     image_id = _image(alice.client)
     response = _segment(alice.client, image_id, " ".join(["dog"] * 30))  # 30 one-token words + 2 markers = 32
     assert response.status_code == 200, response.json()

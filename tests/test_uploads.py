@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 UPLOADS = "/api/v1/uploads/"
 
 
-def upload(client, content: bytes, name: str = "file.bin", content_type: str = "application/octet-stream"):  # noqa: ANN001, ANN201
+def upload(client, content: bytes, name: str = "file.bin", content_type: str = "application/octet-stream"):
     return client.post(UPLOADS, {"file": SimpleUploadedFile(name, content, content_type)}, format="multipart")
 
 
@@ -31,7 +31,7 @@ def assert_nothing_left_on_disk() -> None:
     assert files_under(settings.UPLOAD_DIR) == []
 
 
-def test_image_round_trip(alice) -> None:  # noqa: ANN001
+def test_image_round_trip(alice) -> None:
     content = png_bytes(64, 48)
     response = upload(alice.client, content, "photo.png", "image/png")
     assert response.status_code == 201, response.json()
@@ -54,7 +54,7 @@ def test_image_round_trip(alice) -> None:  # noqa: ANN001
     assert alice.client.get(f"{UPLOADS}{body['id']}/").status_code == 404
 
 
-def test_video_round_trip(alice) -> None:  # noqa: ANN001
+def test_video_round_trip(alice) -> None:
     content = mp4_bytes(frames=12, width=80, height=64, fps=10)
     response = upload(alice.client, content, "clip.mp4", "video/mp4")
     assert response.status_code == 201, response.json()
@@ -67,7 +67,7 @@ def test_video_round_trip(alice) -> None:  # noqa: ANN001
     assert Upload.objects.get(pk=body["id"]).path.read_bytes() == content
 
 
-def test_format_comes_from_content_not_name_or_type(alice) -> None:  # noqa: ANN001
+def test_format_comes_from_content_not_name_or_type(alice) -> None:
     disguised_png = upload(alice.client, png_bytes(), "movie.mp4", "video/mp4")
     assert disguised_png.status_code == 201
     assert disguised_png.json()["media_type"] == "image/png"
@@ -91,7 +91,7 @@ def test_format_comes_from_content_not_name_or_type(alice) -> None:  # noqa: ANN
     ],
     ids=["empty", "truncated-png", "truncated-mp4-header"],
 )
-def test_broken_files_are_refused_and_leave_nothing(alice, content: bytes, status: int, code: str) -> None:  # noqa: ANN001
+def test_broken_files_are_refused_and_leave_nothing(alice, content: bytes, status: int, code: str) -> None:
     response = upload(alice.client, content, "broken.png")
     assert response.status_code == status, response.json()
     assert response.json()["error"]["code"] == code
@@ -99,7 +99,7 @@ def test_broken_files_are_refused_and_leave_nothing(alice, content: bytes, statu
     assert_nothing_left_on_disk()
 
 
-def _index_first(content: bytes, tmp_path) -> bytes:  # noqa: ANN001
+def _index_first(content: bytes, tmp_path) -> bytes:
     """The same MP4 remuxed with its index (moov box) first, as most real MP4s are ("faststart")."""
     import av
 
@@ -113,7 +113,7 @@ def _index_first(content: bytes, tmp_path) -> bytes:  # noqa: ANN001
     return target.read_bytes()
 
 
-def test_truncated_videos_are_refused(alice, tmp_path) -> None:  # noqa: ANN001
+def test_truncated_videos_are_refused(alice, tmp_path) -> None:
     whole = _index_first(mp4_bytes(frames=60), tmp_path)
     complete = upload(alice.client, whole, "clip.mp4", "video/mp4")
     assert complete.status_code == 201 and complete.json()["frame_count"] == 60
@@ -135,14 +135,14 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_decompression_bomb_is_refused_before_decoding(alice) -> None:  # noqa: ANN001
+def test_decompression_bomb_is_refused_before_decoding(alice) -> None:
     response = upload(alice.client, _png_header_only(60_000, 60_000), "bomb.png")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "image_too_large"
     assert_nothing_left_on_disk()
 
 
-def test_image_just_under_the_pixel_bound_is_fine(alice, settings) -> None:  # noqa: ANN001
+def test_image_just_under_the_pixel_bound_is_fine(alice, settings) -> None:
     settings.MAX_IMAGE_PIXELS = 100 * 100
     buffer = io.BytesIO()
     Image.new("RGB", (100, 100)).save(buffer, "JPEG")
@@ -151,7 +151,7 @@ def test_image_just_under_the_pixel_bound_is_fine(alice, settings) -> None:  # n
     assert upload(alice.client, buffer.getvalue(), "big.jpg").json()["error"]["code"] == "image_too_large"
 
 
-def test_users_own_upload_limit_is_enforced_while_streaming(alice) -> None:  # noqa: ANN001
+def test_users_own_upload_limit_is_enforced_while_streaming(alice) -> None:
     Quota.objects.create(user=alice.user, max_upload_mb=1)
     response = upload(alice.client, b"\0" * (1024 * 1024 + 10), "big.bin")
     assert response.status_code == 413
@@ -161,20 +161,20 @@ def test_users_own_upload_limit_is_enforced_while_streaming(alice) -> None:  # n
     assert upload(alice.client, png_bytes(), "small.png").status_code == 201
 
 
-def test_missing_file_field_is_a_validation_error(alice) -> None:  # noqa: ANN001
+def test_missing_file_field_is_a_validation_error(alice) -> None:
     response = alice.client.post(UPLOADS, {"other": "x"}, format="multipart")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid"
     assert "file" in response.json()["error"]["detail"]
 
 
-def test_invalid_upload_id_is_404_not_500(alice) -> None:  # noqa: ANN001
+def test_invalid_upload_id_is_404_not_500(alice) -> None:
     assert alice.client.get(f"{UPLOADS}not-a-uuid/").status_code == 404
     assert alice.client.get(f"{UPLOADS}00000000-0000-0000-0000-000000000000/").status_code == 404
 
 
 @pytest.mark.slow
-def test_oversized_bodies_are_cut_off_while_streaming(start_server, alice) -> None:  # noqa: ANN001
+def test_oversized_bodies_are_cut_off_while_streaming(start_server, alice) -> None:
     server = start_server(MAX_UPLOAD_SIZE_MB="1")
     headers = {"X-API-Key": alice.key}
 
@@ -190,7 +190,7 @@ def test_oversized_bodies_are_cut_off_while_streaming(start_server, alice) -> No
     assert "payload_too_large" in reply
 
     # Chunked with no length: cut off once past the bound.
-    def endless():  # noqa: ANN202
+    def endless():
         yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n"
         for _ in range(400):  # 400 x 64 KiB = 25 MiB if it were all read
             yield b"\0" * 65536

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.core.files.uploadedfile import SimpleUploadedFile
 from websockets.sync.client import connect
 
 from tests.conftest import mp4_bytes, png_bytes
@@ -37,7 +36,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def test_web_process_never_loads_torch(start_server, model_worker, alice) -> None:  # noqa: ANN001
+def test_web_process_never_loads_torch(start_server, model_worker, alice) -> None:
     server = start_server()
     key = alice.key
     # accounts: me, keys

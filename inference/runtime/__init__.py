@@ -8,9 +8,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .loader import LoadedSam3, ModelLoadError, load_sam3  # noqa: E402
-from .tiny import tiny_video_config, write_tiny_checkpoint  # noqa: E402
-from .tokenizer import build_clip_tokenizer, write_small_bpe_file  # noqa: E402
+from .loader import LoadedSam3, ModelLoadError, load_sam3
+from .tiny import tiny_video_config, write_tiny_checkpoint
+from .tokenizer import build_clip_tokenizer, write_small_bpe_file
 
 __all__ = [
     "LoadedSam3",

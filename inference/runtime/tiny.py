@@ -16,8 +16,8 @@ from pathlib import Path
 from .tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
-    build_clip_tokenizer,
     bpe_vocab_size,
+    build_clip_tokenizer,
     clip_vocab_from_merges,
     small_bpe_merges,
     write_small_bpe_file,
@@ -57,8 +57,8 @@ def tiny_video_config(vocab_size: int | None = None):
         Sam3TrackerVideoMaskDecoderConfig,
         Sam3TrackerVideoPromptEncoderConfig,
         Sam3VideoConfig,
-        Sam3ViTConfig,
         Sam3VisionConfig,
+        Sam3ViTConfig,
     )
 
     vocab_size = vocab_size or _default_small_vocab_size()

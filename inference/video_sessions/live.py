@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from inference.legs import Leg
 from inference.runtime.engine import Instances, compute_image_features, segment_concept
 from inference.runtime.loader import LoadedSam3
 from inference.runtime.video import ConceptVideoSession, InteractiveVideoSession
-from sam3site.errors import Conflict, InvalidInput, NotFound
-from inference.legs import Leg
 from inference.video_sessions.frames import VideoFrames
+from sam3site.errors import Conflict, InvalidInput, NotFound
 
 INTERACTIVE_ID_BASE = 10_000
 KEEP_HISTORY_FRAMES = 32  # tracking state kept per object; forward tracking reads at most 16 frames back

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.runtime import ModelLoadError, build_clip_tokenizer, load_sam3, write_small_bpe_file
-from inference.runtime import engine
+from inference.runtime import ModelLoadError, build_clip_tokenizer, engine, load_sam3, write_small_bpe_file
 from inference.runtime.tiny import TINY_MARKER_FILE, tiny_video_config, write_tiny_checkpoint
 from inference.runtime.tokenizer import SMALL_VOCAB_WORDS, BpeFileError
 from inference.runtime.video import ConceptVideoSession, InteractiveVideoSession, LazyFrames

@@ -24,8 +24,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from loguru import logger
 
-from sam3site.processes import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 from sam3site.management.commands.serve import serve_metrics
+from sam3site.processes import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 
 RESTART_BACKOFF_SECONDS = 2.0
 
