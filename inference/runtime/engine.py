@@ -16,16 +16,21 @@ the masks are bit-identical to the ordinary path.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (PyTorch's own idiom)
 
 from inference.jobs import TEXT_PROMPT_MAX_TOKENS, text_prompt_too_long_message
 
-from .loader import LoadedSam3
+from .loader import LoadedSam3, detector_text_config
+
+if TYPE_CHECKING:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
 # Text the SAM3 processor substitutes when only exemplar boxes are given.
 VISUAL_PROMPT_TEXT = "visual"
@@ -127,7 +132,9 @@ def _pixel_values(loaded: LoadedSam3, images: list[np.ndarray]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _features_from_pixels(loaded: LoadedSam3, pixel_values: torch.Tensor, include_tracker: bool):
+def _features_from_pixels(
+    loaded: LoadedSam3, pixel_values: torch.Tensor, include_tracker: bool
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
     vision = loaded.detector.get_vision_features(pixel_values=pixel_values)
     tracker_levels = None
     if include_tracker:
@@ -135,12 +142,14 @@ def _features_from_pixels(loaded: LoadedSam3, pixel_values: torch.Tensor, includ
     return tuple(vision.fpn_hidden_states), tracker_levels
 
 
-def _tracker_image_embeddings(loaded: LoadedSam3, vision) -> tuple[torch.Tensor, ...]:
+def _tracker_image_embeddings(loaded: LoadedSam3, vision: Sam3VisionEncoderOutput) -> tuple[torch.Tensor, ...]:
     """What Sam3TrackerModel.forward builds from pixel_values, from the shared backbone output."""
     tracker = loaded.tracker
-    feature_maps, _ = loaded.model.get_vision_features_for_tracker(vision_embeds=vision)
+    # transformers annotates vision_embeds as a Tensor but reads the encoder output object it is given.
+    feature_maps, _ = loaded.model.get_vision_features_for_tracker(vision_embeds=vision)  # type: ignore[arg-type]
     feature_maps = list(feature_maps)
     feature_maps[-1] = feature_maps[-1] + tracker.no_memory_embedding
+    assert vision.last_hidden_state is not None  # always set by get_vision_features
     batch = vision.last_hidden_state.shape[0]
     return tuple(
         feat.permute(1, 2, 0).reshape(batch, -1, *size)
@@ -186,7 +195,7 @@ def compute_image_features_batch(
     return out
 
 
-def _vision_embeds(loaded: LoadedSam3, features: ImageFeatures):
+def _vision_embeds(loaded: LoadedSam3, features: ImageFeatures) -> Sam3VisionEncoderOutput:
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
     neck = loaded.detector.vision_encoder.neck
@@ -194,7 +203,7 @@ def _vision_embeds(loaded: LoadedSam3, features: ImageFeatures):
     return Sam3VisionEncoderOutput(fpn_hidden_states=features.fpn, fpn_position_encoding=positions)
 
 
-def _to_model(loaded: LoadedSam3, batch) -> dict[str, torch.Tensor]:
+def _to_model(loaded: LoadedSam3, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Move processor outputs to the model: floats take the model dtype (as `.to(device, dtype)`)."""
     out = {}
     for key, value in batch.items():
@@ -220,7 +229,7 @@ class PromptTooLong(ValueError):
 def text_token_limit(loaded: LoadedSam3) -> int:
     """Tokens (start/end markers included) a text prompt may have: what the processors keep and
     the text encoder has positions for."""
-    positions = int(loaded.model.config.detector_config.text_config.max_position_embeddings)
+    positions = int(detector_text_config(loaded.model.config).max_position_embeddings)
     return min(TEXT_PROMPT_MAX_TOKENS, positions)
 
 
@@ -242,13 +251,17 @@ def _check_box(box: Box, name: str = "box") -> list[float]:
     return values
 
 
-def _instances_from_detector(outputs, size: tuple[int, int], threshold: float, mask_threshold: float) -> Instances:
+def _instances_from_detector(
+    outputs: Sam3ImageSegmentationOutput, size: tuple[int, int], threshold: float, mask_threshold: float
+) -> Instances:
     """``Sam3ImageProcessor.post_process_instance_segmentation`` for one image, chunked.
 
     Same ops in the same order (scores = sigmoid(logits) * sigmoid(presence), keep > threshold,
     sigmoid masks, bilinear upsample, > mask_threshold); bilinear interpolation is independent
     per mask, so upsampling in chunks gives identical bits with bounded scratch memory.
     """
+    # Optional in the output class, always set by Sam3Model.forward.
+    assert outputs.pred_logits is not None and outputs.pred_boxes is not None and outputs.pred_masks is not None
     scores = outputs.pred_logits.sigmoid()
     if outputs.presence_logits is not None:
         scores = scores * outputs.presence_logits.sigmoid()
@@ -310,7 +323,8 @@ def segment_concept(
         check_text_prompt(loaded, text)
 
     height, width = features.original_size
-    prompt = {"text": text or VISUAL_PROMPT_TEXT, "original_sizes": [[height, width]], "return_tensors": "pt"}
+    prompt_text = text or VISUAL_PROMPT_TEXT
+    prompt: dict[str, Any] = {"text": prompt_text, "original_sizes": [[height, width]], "return_tensors": "pt"}
     if checked_boxes:
         prompt["input_boxes"] = [checked_boxes]
         prompt["input_boxes_labels"] = [labels]
@@ -318,12 +332,14 @@ def segment_concept(
     inputs.pop("original_sizes", None)
 
     with torch.inference_mode():
-        text_embeds = _text_embeds(loaded, prompt["text"], inputs.pop("input_ids"), inputs["attention_mask"])
+        text_embeds = _text_embeds(loaded, prompt_text, inputs.pop("input_ids"), inputs["attention_mask"])
         outputs = loaded.detector(vision_embeds=_vision_embeds(loaded, features), text_embeds=text_embeds, **inputs)
         return _instances_from_detector(outputs, features.original_size, threshold, mask_threshold)
 
 
-def _text_embeds(loaded: LoadedSam3, text: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def _text_embeds(
+    loaded: LoadedSam3, text: str, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> BaseModelOutputWithPooling:
     """``get_text_features`` output for ``text``, cached: follow-up prompts skip the text encoder."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 

@@ -19,9 +19,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .tiny import BPE_FILENAME, TINY_MARKER_FILE
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTokenizer,
+        Sam3Config,
+        Sam3Model,
+        Sam3Processor,
+        Sam3TrackerProcessor,
+        Sam3VideoConfig,
+        Sam3VideoModel,
+        Sam3VideoProcessor,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoModel
 
 # transformers reads this when it is imported; set it before the first import anywhere here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,39 +51,41 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 class ModelLoadError(RuntimeError):
     """The checkpoint cannot be loaded; ``reason`` says why in one human-readable sentence."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
 @dataclass
 class LoadedSam3:
-    model: Any  # transformers.Sam3VideoModel, eval mode, on `device`
-    processor: Any  # Sam3Processor: image preprocessing + text/box prompts + instance post-processing
-    tracker_processor: Any  # Sam3TrackerProcessor: point/box prompts + mask post-processing
-    video_processor: Any  # Sam3VideoProcessor: video sessions
-    tokenizer: Any  # CLIPTokenizer (fast)
-    device: Any  # torch.device
-    dtype: Any  # torch.dtype of the weights
+    model: Sam3VideoModel  # eval mode, on `device`
+    processor: Sam3Processor  # image preprocessing + text/box prompts + instance post-processing
+    tracker_processor: Sam3TrackerProcessor  # point/box prompts + mask post-processing
+    video_processor: Sam3VideoProcessor  # video sessions
+    tokenizer: CLIPTokenizer  # fast
+    device: torch.device
+    dtype: torch.dtype  # of the weights
     resolution: int  # square model input size in pixels (1008 for the published model)
     checkpoint_dir: Path
     is_tiny_random: bool
     identity: dict[str, Any] = field(default_factory=dict)
     # text prompt -> projected CLIP features (what Sam3Model.forward uses of get_text_features);
     # bounded LRU, a few tens of KB per entry on the model device.
-    text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    text_cache: OrderedDict[str, BaseModelOutputWithPooling] = field(default_factory=OrderedDict, repr=False)
     text_cache_size: int = 128
 
     @property
-    def detector(self):
+    def detector(self) -> Sam3Model:
         return self.model.detector_model
 
     @property
-    def tracker(self):
+    def tracker(self) -> Sam3TrackerVideoModel:
         return self.model.tracker_model
 
 
-def build_processors(tokenizer, image_size: int):
+def build_processors(
+    tokenizer: CLIPTokenizer, image_size: int
+) -> tuple[Sam3Processor, Sam3TrackerProcessor, Sam3VideoProcessor]:
     """(Sam3Processor, Sam3TrackerProcessor, Sam3VideoProcessor) for ``image_size``.
 
     Built from SAM3's published preprocessing constants rather than read from the checkpoint's
@@ -129,7 +149,7 @@ def resolve_checkpoint_dir(checkpoint: Path | str) -> Path:
     return directory
 
 
-def _read_config(directory: Path, resolution: int | None):
+def _read_config(directory: Path, resolution: int | None) -> Sam3VideoConfig:
     from transformers import Sam3VideoConfig
 
     config_path = directory / "config.json"
@@ -152,7 +172,8 @@ def _read_config(directory: Path, resolution: int | None):
     except Exception as exc:  # strict config validation raises several exception types
         raise ModelLoadError(f"{config_path} is not a valid SAM3 configuration: {_first_line(exc)}") from exc
 
-    patch = config.detector_config.vision_config.backbone_config.patch_size
+    vision = cast("Sam3VisionConfig", _detector_config(config).vision_config)
+    patch = cast(int, cast("Sam3ViTConfig", vision.backbone_config).patch_size)  # typed int | pair; SAM3's is an int
     if resolution is not None and resolution != config.image_size:
         if not isinstance(resolution, int) or resolution < 4 * patch or resolution % patch:
             raise ModelLoadError(
@@ -165,7 +186,17 @@ def _read_config(directory: Path, resolution: int | None):
     return config
 
 
-def _resolve_device(device: str):
+def _detector_config(config: Sam3VideoConfig) -> Sam3Config:
+    # The __init__s always build config objects; transformers types sub-config attributes as their raw input.
+    return cast("Sam3Config", config.detector_config)
+
+
+def detector_text_config(config: Sam3VideoConfig) -> CLIPTextConfig:
+    """The detector's CLIP text encoder configuration."""
+    return cast("CLIPTextConfig", _detector_config(config).text_config)
+
+
+def _resolve_device(device: str) -> torch.device:
     import torch
 
     try:
@@ -184,7 +215,7 @@ def _resolve_device(device: str):
     return dev
 
 
-def _resolve_dtype(dev, half: bool | None):
+def _resolve_dtype(dev: torch.device, half: bool | None) -> torch.dtype:
     """float32 on CPU; on CUDA bfloat16 unless ``half is False`` or the GPU lacks bf16.
 
     bfloat16 is what Meta runs SAM3 in (autocast) and keeps float32's exponent range, so large
@@ -198,7 +229,7 @@ def _resolve_dtype(dev, half: bool | None):
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
 
 
-def _load_tokenizer(bpe_path: Path | None, directory: Path):
+def _load_tokenizer(bpe_path: Path | None, directory: Path) -> tuple[CLIPTokenizer, str]:
     from .tokenizer import BpeFileError, build_clip_tokenizer
 
     candidates = [Path(bpe_path).expanduser()] if bpe_path else []
@@ -223,7 +254,7 @@ def _load_tokenizer(bpe_path: Path | None, directory: Path):
     )
 
 
-def _load_weights(directory: Path, config, dtype):
+def _load_weights(directory: Path, config: Sam3VideoConfig, dtype: torch.dtype) -> Sam3VideoModel:
     from transformers import Sam3VideoModel
 
     weights = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()]
@@ -231,8 +262,12 @@ def _load_weights(directory: Path, config, dtype):
         raise ModelLoadError(f"no weights in {directory}: expected model.safetensors (Hugging Face layout)")
     try:
         with _quiet_transformers():
-            model, info = Sam3VideoModel.from_pretrained(
-                directory, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
+            # output_loading_info=True returns (model, info); transformers types the result as the model alone.
+            model, info = cast(
+                "tuple[Sam3VideoModel, dict[str, list[Any]]]",
+                Sam3VideoModel.from_pretrained(
+                    directory, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
+                ),
             )
     except Exception as exc:  # safetensors / torch / transformers raise many types for bad files
         raise ModelLoadError(f"cannot load weights from {weights[0]}: {_first_line(exc)}") from exc
@@ -275,7 +310,7 @@ def load_sam3(
     dtype = _resolve_dtype(dev, half)
     tokenizer, tokenizer_source = _load_tokenizer(Path(bpe_path) if bpe_path else None, directory)
 
-    text_vocab = config.detector_config.text_config.vocab_size
+    text_vocab = detector_text_config(config).vocab_size
     if len(tokenizer) > text_vocab:
         raise ModelLoadError(
             f"the tokenizer from {tokenizer_source} has {len(tokenizer)} tokens but the model's text encoder"
@@ -284,7 +319,8 @@ def load_sam3(
 
     model = _load_weights(directory, config, dtype)
     try:
-        model = model.to(dev).eval()
+        # functools.wraps(Module.to) makes mypy see the unbound signature (self first).
+        model = model.to(dev).eval()  # type: ignore[arg-type]
     except RuntimeError as exc:  # e.g. CUDA out of memory
         raise ModelLoadError(f"cannot move the model to {dev}: {_first_line(exc)}") from exc
     if compile:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .tokenizer import (
     BOS_TOKEN,
@@ -22,6 +23,9 @@ from .tokenizer import (
     small_bpe_merges,
     write_small_bpe_file,
 )
+
+if TYPE_CHECKING:
+    from transformers import Sam3VideoConfig, Sam3VideoModel
 
 TINY_MARKER_FILE = "TINY_RANDOM_MODEL"
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -40,7 +44,7 @@ def _default_small_vocab_size() -> int:
     return len(clip_vocab_from_merges(small_bpe_merges()))
 
 
-def tiny_video_config(vocab_size: int | None = None):
+def tiny_video_config(vocab_size: int | None = None) -> Sam3VideoConfig:
     """The tiny ``Sam3VideoConfig`` (random-weight test model of the SAM3 architecture).
 
     ``vocab_size`` must cover the tokenizer used with it; by default it is exactly the size of
@@ -106,7 +110,8 @@ def tiny_video_config(vocab_size: int | None = None):
         ),
         mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=_TINY_HIDDEN, num_attention_heads=2),
     )
-    tracker = Sam3TrackerVideoConfig(
+    # image_size is a property the config's __init__ pops from **kwargs; its typed signature omits it.
+    tracker = Sam3TrackerVideoConfig(  # type: ignore[call-arg]
         # The tracker reads the detector's backbone through tracker_neck, so its vision config is
         # the detector's; Sam3TrackerModel.from_pretrained relies on that when it maps weights.
         vision_config=vision_config(),
@@ -134,7 +139,7 @@ def tiny_video_config(vocab_size: int | None = None):
     )
 
 
-def build_tiny_model(seed: int = 0, vocab_size: int | None = None):
+def build_tiny_model(seed: int = 0, vocab_size: int | None = None) -> Sam3VideoModel:
     """The tiny ``Sam3VideoModel`` with deterministic random weights (global RNG untouched)."""
     import torch
     from transformers import Sam3VideoModel

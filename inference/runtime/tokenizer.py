@@ -15,9 +15,14 @@ transformers' (tokenizers-backed, i.e. fast) ``CLIPTokenizer``:
 from __future__ import annotations
 
 import gzip
+import itertools
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -94,7 +99,7 @@ def clip_vocab_from_merges(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
     return dict(zip(tokens, range(len(tokens))))
 
 
-def build_clip_tokenizer(bpe_path: Path, *, model_max_length: int = 77):
+def build_clip_tokenizer(bpe_path: Path, *, model_max_length: int = 77) -> CLIPTokenizer:
     """A fast ``CLIPTokenizer`` whose ids match OpenAI's tokenizer for ``bpe_path``.
 
     Raises ``BpeFileError`` when the file cannot be used.
@@ -109,16 +114,16 @@ def build_clip_tokenizer(bpe_path: Path, *, model_max_length: int = 77):
             raise BpeFileError(f"BPE vocabulary {bpe_path}: merge {a!r} {b!r} uses an unknown symbol")
     return CLIPTokenizer(
         vocab=vocab,
-        merges=list(merges),
+        merges=list(merges),  # type: ignore[arg-type]  # tokenizers' BPE takes (a, b) pairs; annotated as str only
         model_max_length=model_max_length,
     )
 
 
 def _bpe_segment(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """OpenAI's greedy lowest-rank-first BPE on one pre-tokenized word."""
-    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
+    symbols = [*word[:-1], word[-1] + END_OF_WORD]
     while len(symbols) > 1:
-        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(itertools.pairwise(symbols))]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break

@@ -31,22 +31,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoInferenceSession,
+        Sam3TrackerVideoSegmentationOutput,
+    )
+    from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
 from .engine import Box, Instances, Point, check_text_prompt, masks_to_boxes
 from .loader import LoadedSam3
 
 
-class LazyFrames(Mapping):
+class LazyFrames(Mapping[int, torch.Tensor]):
     """``{frame_index: preprocessed frame [3, S, S]}`` computed on access, last few kept.
 
     Stands in for the ``processed_frames`` dict of transformers' sessions, which only index it,
     take its ``len`` and assign streamed frames.
     """
 
-    def __init__(self, loaded: LoadedSam3, frames: Sequence[np.ndarray], keep: int = 4):
+    def __init__(self, loaded: LoadedSam3, frames: Sequence[np.ndarray], keep: int = 4) -> None:
         if len(frames) == 0:
             raise ValueError("a video needs at least one frame")
         first = np.asarray(frames[0])
@@ -62,7 +70,7 @@ class LazyFrames(Mapping):
     def __len__(self) -> int:
         return max(len(self._frames), max(self._added, default=-1) + 1)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(range(len(self)))
 
     def __setitem__(self, index: int, value: torch.Tensor) -> None:  # streamed frames
@@ -78,7 +86,7 @@ class LazyFrames(Mapping):
             return self._recent[index]
         frame = np.ascontiguousarray(self._frames[index])
         if frame.shape[:2] != self.size or frame.shape[2:] != (3,) or frame.dtype != np.uint8:
-            raise ValueError(f"frame {index} is {frame.shape} {frame.dtype}; every frame must be {self.size + (3,)} uint8")
+            raise ValueError(f"frame {index} is {frame.shape} {frame.dtype}; every frame must be {(*self.size, 3)} uint8")
         processed = self._loaded.video_processor.video_processor(videos=[frame[np.newaxis]], return_tensors="pt")
         tensor = processed["pixel_values_videos"][0][0].to(dtype=self._loaded.dtype)
         self._recent[index] = tensor
@@ -87,7 +95,9 @@ class LazyFrames(Mapping):
         return tensor
 
 
-def _trim_history(session, frame_index: int, reverse: bool, keep: int | None) -> None:
+def _trim_history(
+    session: Sam3VideoInferenceSession | Sam3TrackerVideoInferenceSession,
+    frame_index: int, reverse: bool, keep: int | None) -> None:
     """Drop tracked (non-conditioning) outputs more than ``keep`` frames behind ``frame_index``.
 
     transformers keeps every frame's memory features and masks for every object for the whole
@@ -145,7 +155,7 @@ class ConceptVideoSession:
         *,
         state_device: str | torch.device | None = None,
         keep_history: int | None = None,
-    ):
+    ) -> None:
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
         self.loaded = loaded
@@ -161,7 +171,7 @@ class ConceptVideoSession:
             video_storage_device="cpu",
             dtype=loaded.dtype,
         )
-        self.session.processed_frames = self._frames
+        self.session.processed_frames = self._frames  # type: ignore[assignment]  # a lazy Mapping: sessions only index it
 
     @property
     def num_frames(self) -> int:
@@ -246,7 +256,7 @@ class ConceptVideoSession:
 class _BackboneFeatureCache:
     """Tracker feature cache that computes a frame's features from the shared backbone on a miss."""
 
-    def __init__(self, loaded: LoadedSam3, frames: LazyFrames, keep: int = 2):
+    def __init__(self, loaded: LoadedSam3, frames: LazyFrames, keep: int = 2) -> None:
         from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
             Sam3TrackerVideoInferenceCache,
         )
@@ -290,7 +300,7 @@ class InteractiveVideoSession:
         *,
         state_device: str | torch.device | None = None,
         keep_history: int | None = None,
-    ):
+    ) -> None:
         from transformers import Sam3TrackerVideoProcessor
         from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
             Sam3TrackerVideoInferenceSession,
@@ -313,8 +323,9 @@ class InteractiveVideoSession:
             video_storage_device="cpu",
             dtype=loaded.dtype,
         )
-        self.session.processed_frames = self._frames
-        self.session.cache = _BackboneFeatureCache(loaded, self._frames)
+        self.session.processed_frames = self._frames  # type: ignore[assignment]  # a lazy Mapping: sessions only index it
+        # Duck-typed stand-in (same methods) that fills itself from the shared backbone.
+        self.session.cache = _BackboneFeatureCache(loaded, self._frames)  # type: ignore[assignment]
 
     @property
     def num_frames(self) -> int:
@@ -324,7 +335,9 @@ class InteractiveVideoSession:
     def object_ids(self) -> list[int]:
         return list(self.session.obj_ids)
 
-    def _frame_instances(self, output) -> Instances:
+    def _frame_instances(self, output: Sam3TrackerVideoSegmentationOutput) -> Instances:
+        # Optional in the output class, always set by the tracker's forward.
+        assert output.pred_masks is not None and output.object_score_logits is not None
         height, width = self._frames.size
         masks = self.processor.post_process_masks([output.pred_masks], original_sizes=[[height, width]])[0]
         masks = masks[:, 0]  # [objects, H, W]
@@ -356,18 +369,18 @@ class InteractiveVideoSession:
         frame (a box always replaces them: SAM wants the box before any click).
         """
         frame_index = _check_frame_index(frame_index, self.num_frames)
-        points = [list(map(float, p)) for p in (points or [])]
-        if not points and box is None:
+        clicks = [list(map(float, p)) for p in (points or [])]
+        if not clicks and box is None:
             raise ValueError("an interactive prompt needs points, a box, or both")
-        labels = [1] * len(points) if point_labels is None else [int(v) for v in point_labels]
-        if len(labels) != len(points) or any(v not in (0, 1) for v in labels):
+        labels = [1] * len(clicks) if point_labels is None else [int(v) for v in point_labels]
+        if len(labels) != len(clicks) or any(v not in (0, 1) for v in labels):
             raise ValueError("point_labels must give 1 (object) or 0 (background) for each point")
         self.processor.add_inputs_to_inference_session(
             self.session,
             frame_idx=frame_index,
             obj_ids=int(obj_id),
-            input_points=[[points]] if points else None,
-            input_labels=[[labels]] if points else None,
+            input_points=[[clicks]] if clicks else None,
+            input_labels=[[labels]] if clicks else None,
             input_boxes=[[list(map(float, box))]] if box is not None else None,
             clear_old_inputs=clear_old if box is None else True,
         )
@@ -398,12 +411,12 @@ class InteractiveVideoSession:
             idx = self.session.obj_id_to_idx(oid)
             for frame, inputs in points_by_frame.items():
                 self.session.add_point_inputs(idx, frame, inputs)
-            for frame, inputs in masks_by_frame.items():
-                self.session.add_mask_inputs(idx, frame, inputs)
+            for frame, mask in masks_by_frame.items():
+                self.session.add_mask_inputs(idx, frame, mask)
         self.session.obj_with_new_inputs = list(remaining)
         self._rerun_prompted_frames()
 
-    def _inputs_of(self, obj_id: int):
+    def _inputs_of(self, obj_id: int) -> tuple[dict[int, dict[str, Any]], dict[int, torch.Tensor]]:
         idx = self.session.obj_id_to_idx(obj_id)
         return dict(self.session.point_inputs_per_obj[idx]), dict(self.session.mask_inputs_per_obj[idx])
 
