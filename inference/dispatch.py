@@ -10,7 +10,7 @@ sent by name, so web processes never import the worker's task modules.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from celery import current_app
@@ -69,7 +69,9 @@ async def run_on_worker(job: ImageJob) -> ImageReply:
         _ADMIT, 1, inflight, time.time(), settings.CONFIG.inference_queue_limit, job.deadline, job.request_id, int(timeout) + 60
     )
     if not admitted:
-        raise Overloaded(f"Worker {worker.name} has {settings.CONFIG.inference_queue_limit} requests in hand.", retry_after=RETRY_AFTER_SECONDS)
+        raise Overloaded(
+            f"Worker {worker.name} has {settings.CONFIG.inference_queue_limit} requests in hand.", retry_after=RETRY_AFTER_SECONDS
+        )
     try:
         envelope, body = await _call(SEGMENT_IMAGE_TASK, queue=worker.queue, args=(job.to_message(),), deadline=job.deadline)
     finally:
@@ -97,7 +99,7 @@ async def _call(task_name: str, *, queue: str, args: tuple, deadline: float) -> 
     reply = await redis_clients.async_client().blpop([reply_key], timeout=max(0.1, allowed)) if allowed > 0 else None
     if reply is None:
         raise DeadlineExceeded(f"The model worker did not answer within {max(0.0, allowed):.1f}s.")
-    envelope, body = decode_reply(reply[1])
+    envelope, body = decode_reply(cast(bytes, reply[1]))  # the client does not decode responses
     if not envelope["ok"]:
         raise error_from_payload(envelope["error"])
     return envelope, body

@@ -25,5 +25,6 @@ def check_workers() -> tuple[bool, dict]:
     ready = any(w.ready for w in alive)
     info: dict = {"workers": listed, "ready_workers": sum(w.ready for w in alive)}
     if not ready:
-        info["reason"] = "no model worker is running" if not alive else "; ".join(f"{w.name}: {w.state} {w.reason or ''}".strip() for w in alive)
+        states = "; ".join(f"{w.name}: {w.state} {w.reason or ''}".strip() for w in alive)
+        info["reason"] = states if alive else "no model worker is running"
     return ready, info

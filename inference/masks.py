@@ -70,12 +70,12 @@ def encode_rle_run_boundaries(masks: torch.Tensor) -> list[RLE]:
     instance = torch.cat((n_in, n_across))
     position = torch.cat((x_in * height + y_in + 1, (x_across + 1) * height))
     order = torch.argsort(instance * (total + 1) + position)
-    instance, position = instance[order].cpu().numpy(), position[order].cpu().numpy()
+    instance_of, position_of = instance[order].cpu().numpy(), position[order].cpu().numpy()
     first_set = masks[:, 0, 0].cpu().numpy()
-    splits = np.searchsorted(instance, np.arange(count + 1))
+    splits = np.searchsorted(instance_of, np.arange(count + 1))
 
     uncompressed = [
-        {"size": [height, width], "counts": _counts_from_boundaries(bool(first_set[i]), position[splits[i] : splits[i + 1]], total)}
+        {"size": [height, width], "counts": _counts_from_boundaries(bool(first_set[i]), position_of[splits[i] : splits[i + 1]], total)}
         for i in range(count)
     ]
     encoded = coco_mask.frPyObjects(uncompressed, height, width)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ def withdraw(client: redis.Redis, name: str) -> None:
     client.hdel(WORKERS_KEY, name)
 
 
-def parse_workers(raw: dict[bytes, bytes]) -> list[WorkerInfo]:
+def parse_workers(raw: Mapping[bytes | str, bytes | str]) -> list[WorkerInfo]:
     return sorted((WorkerInfo(**json.loads(value)) for value in raw.values()), key=lambda w: w.name)
 
 

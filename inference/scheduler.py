@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ class _ImageWork:
 
 @dataclass
 class _StreamWork:
-    steps: Iterator[Any]
+    steps: Generator[Any, None, None]
     future: Future  # resolved with the generator's return value, or its exception
 
 
@@ -71,7 +71,7 @@ class ModelScheduler:
     def submit_image(self, job: ImageJob) -> Future:
         return self._put(_ImageWork(job, Future()))
 
-    def submit_stream(self, steps: Iterator[Any]) -> Future:
+    def submit_stream(self, steps: Generator[Any, None, None]) -> Future:
         return self._put(_StreamWork(steps, Future()))
 
     def call(self, function: Callable[[], Any]) -> Future:

@@ -104,7 +104,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": CONFIG.data_dir / "db.sqlite3",
+            "NAME": str(CONFIG.data_dir / "db.sqlite3"),
             "OPTIONS": {"timeout": 20},
         }
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from inference.masks import encode_rle
@@ -15,7 +16,7 @@ def frame_payload(frame: int, parts: list[Instances]) -> dict[str, Any]:
             continue
         masks = encode_rle(instances.masks)
         ids = instances.object_ids.tolist() if instances.object_ids is not None else [None] * len(instances)
-        labels = instances.labels or [None] * len(instances)
+        labels: Sequence[str | None] = instances.labels or [None] * len(instances)
         for object_id, score, box, mask, label in zip(
             ids, instances.scores.tolist(), instances.boxes.tolist(), masks, labels, strict=True
         ):

@@ -51,14 +51,14 @@ class VideoFrames(Sequence[np.ndarray]):
                 self._seek(index)
             while True:
                 frame = next(self._decoder)  # type: ignore[arg-type]
-                position = self._index_of_pts.get(frame.pts)
+                position = self._index_of_pts.get(frame.pts) if frame.pts is not None else None
                 if position is None:
                     continue
                 self._next_index = position + 1
                 image = frame.to_ndarray(format="rgb24")
                 self._remember(position, image)
                 if position >= index:
-                    return self._cache[index] if index in self._cache else image
+                    return self._cache.get(index, image)
 
     def _seek(self, index: int) -> None:
         if self._container is None:

@@ -10,10 +10,10 @@ Session records are reached through :class:`inference.session_store.SessionStore
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -48,7 +48,6 @@ from sam3site.errors import Conflict, InvalidInput, NotFound
 
 WATCHDOG_SECONDS = 0.5  # with the 1 s heartbeat and its 4 s timeout: a lost worker is noticed within 5 s
 PROGRESS_EVERY_FRAMES = 5
-_END = object()
 
 _manager: SessionManager | None = None
 
@@ -140,7 +139,7 @@ class SessionManager:
 
     # --- propagation: computed here, stored and published by the writer thread ---
 
-    def _propagation(self, session_id: str, live: LiveSession, frames: Iterator[FrameObjects | None]):  # noqa: ANN202
+    def _propagation(self, session_id: str, live: LiveSession, frames: Iterator[FrameObjects | None]) -> Generator[None, None, None]:
         store, writer = session_store(), self.writer
         done, last_frame = 0, None
         state, error = "done", ""
@@ -150,8 +149,9 @@ class SessionManager:
                 if live.cancel.is_set():  # before computing the next step: a closed session's frames are not wanted
                     state = "cancelled"
                     break
-                item = next(frames, _END)
-                if item is _END:
+                try:
+                    item = next(frames)
+                except StopIteration:
                     break
                 if item is None:
                     yield
@@ -264,7 +264,7 @@ def _end_writer(session_id: str, state: str, error: str, done: int, last_frame: 
         )
         # Only a propagating session becomes ready again: a session closed meanwhile stays closed.
         ready = store.set_status(session_id=session_id, status=READY, from_statuses=[PROPAGATING])
-        outcome = "done" if state == "done" else ("cancelled" if state == "cancelled" else "error")
+        outcome: Literal["done", "cancelled", "error"] = "done" if state == "done" else ("cancelled" if state == "cancelled" else "error")
         store.publish(session_id, PropagationEnded(outcome, done, error or None).to_message())
         if ready:
             store.publish(session_id, StatusEvent(READY).to_message())
