@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -33,6 +33,9 @@ from sessions import events, selectors, services
 from sessions.models import VideoSession
 from uploads.models import Upload
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 RETRY_AFTER_SECONDS = 2
 _SESSIONS_LOCK = 730_301  # advisory lock id serialising the session-limit check on Postgres
 
@@ -43,7 +46,7 @@ def _lock_session_limits() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SESSIONS_LOCK])
 
 
-def _create_record(owner: AbstractBaseUser, video_id: Any, worker: str, queue: str) -> VideoSession:
+def _create_record(owner: User, video_id: Any, worker: str, queue: str) -> VideoSession:
     video = Upload.objects.filter(pk=video_id, owner=owner).first()
     if video is None:
         raise NotFound(f"Upload {video_id} not found.", code="upload_not_found")
@@ -78,7 +81,7 @@ async def send(session: VideoSession, command: SessionCommand, *, timeout: float
     return await gateway().session_command(target, SessionMessage(str(session.pk), command), timeout=timeout)
 
 
-async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSession:
+async def session_open(*, owner: User, video_id: Any) -> VideoSession:
     if not settings.CONFIG.video_model_enabled:
         raise Unavailable("Video sessions are off (VIDEO_MODEL_ENABLED=False).", code="video_disabled")
     load = await sync_to_async(selectors.open_sessions_per_worker)()
@@ -98,10 +101,8 @@ async def session_open(*, owner: AbstractBaseUser, video_id: Any) -> VideoSessio
     )
     await sync_to_async(session.refresh_from_db)()
     if not ready and not session.is_open:  # closed while it was being opened: the worker must not keep it
-        try:
+        with suppress(ApiError):
             await send(session, CloseSession(), timeout=30)
-        except ApiError:
-            pass
         require_open(session)
     return session
 
@@ -206,10 +207,8 @@ async def session_close(*, session: VideoSession) -> None:
         session_id=str(session.pk), status=VideoSession.Status.CLOSED, from_statuses=VideoSession.OPEN_STATUSES
     )
     if closed:
-        try:
+        with suppress(ApiError):  # a lost worker holds nothing any more; the record is what matters
             await send(session, CloseSession(), timeout=30)
-        except ApiError:
-            pass  # a lost worker holds nothing any more; the record is what matters
     await sync_to_async(services.session_files_remove)(session=session)
     if closed:
         events.publish(str(session.pk), StatusEvent(VideoSession.Status.CLOSED).to_message())

@@ -139,6 +139,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 await self._error("invalid_message", 'Messages are JSON objects with "type": prompt, propagate, cancel or ack.')
         except (ApiError, ValidationError) as failure:
             error = as_api_error(failure)
+            assert error is not None  # ApiError and DRF's ValidationError always translate
             await self._error(error.code, error.message, error.detail)
             if error.status_code == 410:
                 await self.close(code=SESSION_ENDED_CLOSE_CODE)

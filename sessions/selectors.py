@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from typing import TYPE_CHECKING
+
 from django.db.models import Count, QuerySet
 
 from sessions.models import FrameResult, SessionPrompt, VideoSession
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
-def sessions_of(*, owner: AbstractBaseUser) -> QuerySet[VideoSession]:
+
+def sessions_of(*, owner: User) -> QuerySet[VideoSession]:
     return VideoSession.objects.filter(owner=owner).select_related("video")
 
 

@@ -21,11 +21,11 @@ class VideoSessionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = VideoSession
-        fields = (
+        fields: tuple[str, ...] = (
             "id", "video", "status", "worker", "frame_count", "fps", "width", "height", "propagation", "error",
             "created_at", "last_activity_at", "closed_at", "frames_stored",
         )
-        read_only_fields = fields
+        read_only_fields: tuple[str, ...] = fields
 
 
 class VideoSessionDetailSerializer(VideoSessionSerializer):
@@ -78,7 +78,8 @@ class FrameObjectSerializer(serializers.Serializer):
     score = serializers.FloatField()
     box = serializers.ListField(child=serializers.FloatField())
     mask = serializers.JSONField(help_text="COCO RLE {size, counts}.")
-    label = serializers.CharField(required=False, help_text="The text prompt that found the object.")
+    # A field named like Field.label: DRF's metaclass moves declared fields off the class, the stubs do not know.
+    label = serializers.CharField(required=False, help_text="The text prompt that found the object.")  # type: ignore[assignment]
 
 
 class FrameResultSerializer(serializers.Serializer):

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
@@ -64,7 +65,7 @@ def frame_result_store(*, session_id: str, payload: dict[str, Any]) -> None:
     partial.write_text(json.dumps(payload, separators=(",", ":")))
     os.replace(partial, path)
     FrameResult.objects.update_or_create(
-        session_id=session_id, frame_index=frame,
+        session_id=UUID(str(session_id)), frame_index=frame,
         defaults={"object_count": len(payload["objects"]), "path": str(path.relative_to(settings.OUTPUT_DIR))},
     )
 

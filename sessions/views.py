@@ -11,6 +11,7 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.permissions import authenticated_user
 from sam3site.api import validated
 from sam3site.errors import NotFound
 from sam3site.pagination import BoundedLimitOffsetPagination
@@ -44,7 +45,7 @@ def ticket_cache_key(ticket: str) -> str:
 class SessionViewMixin:
     def get_session(self, request: Request, session_id: Any, *, ended_ok: bool = False) -> VideoSession:
         """The caller's session; an ended one answers 410 unless ``ended_ok`` (reading the record, closing)."""
-        session = selectors.sessions_of(owner=request.user).filter(pk=session_id).first()
+        session = selectors.sessions_of(owner=authenticated_user(request)).filter(pk=session_id).first()
         if session is None:
             raise NotFound(f"Session {session_id} not found.", code="session_not_found")
         if not ended_ok:
@@ -59,7 +60,7 @@ class SessionListView(SessionViewMixin, APIView):
     async def get(self, request: Request) -> Response:
         def page() -> Response:
             paginator = BoundedLimitOffsetPagination()
-            rows = paginator.paginate_queryset(selectors.sessions_of(owner=request.user), request, view=self)
+            rows = paginator.paginate_queryset(selectors.sessions_of(owner=authenticated_user(request)), request, view=self)
             return paginator.get_paginated_response(VideoSessionSerializer(rows, many=True).data)
 
         return await sync_to_async(page)()
@@ -67,7 +68,7 @@ class SessionListView(SessionViewMixin, APIView):
     @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer, **errors(404, 503, 504)})
     async def post(self, request: Request) -> Response:
         data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
-        session = await commands.session_open(owner=request.user, video_id=data["video"])
+        session = await commands.session_open(owner=authenticated_user(request), video_id=data["video"])
         body = await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)()
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -167,7 +168,7 @@ class SessionFramesView(SessionViewMixin, APIView):
             paginator = BoundedLimitOffsetPagination(default_limit=20)
             chosen = paginator.paginate_queryset(rows, request, view=self)
             try:
-                results = [services.frame_result_read(row) for row in chosen]
+                results = [services.frame_result_read(row) for row in chosen or []]  # None only without a limit
             except FileNotFoundError:  # closed or expired while being read: its files went first
                 self.get_session(request, session_id)
                 raise
