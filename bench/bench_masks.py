@@ -34,7 +34,7 @@ from typing import Any
 import harness  # bench/ is sys.path[0] when run as a script; harness puts the repo root on sys.path
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (PyTorch's own idiom)
 from harness import p50, print_table
 from pycocotools import mask as coco_mask
 

@@ -23,6 +23,7 @@ The stack (``bench/harness.py``) runs on Postgres database ``sam3_bench_video`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -133,10 +134,8 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 def malloc_trim() -> None:
     """Hand freed heap pages back to the OS, so RSS shows what is still held."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def held_bytes(*roots: Any, limit: int = 2_000_000) -> int:

@@ -54,7 +54,9 @@ def loads_checked(text: str, *, where: str = "the request") -> Any:
     try:
         parsed = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise InvalidInput(f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested") from None
+        raise InvalidInput(
+            f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested"
+        ) from None
     check_json_value(parsed, where=where)
     return parsed
 

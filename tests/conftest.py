@@ -231,7 +231,8 @@ def launch_workers(
     redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
     metrics_port = free_port()
     env = {
-        **os.environ, "DATABASE_URL": _test_database_url(), "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent", "IMAGE_MODEL_DEVICE": "cpu",
+        **os.environ, "DATABASE_URL": _test_database_url(), "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent",
+        "IMAGE_MODEL_DEVICE": "cpu",
         "WORKER_METRICS_PORT": str(metrics_port), "WORKER_HEARTBEAT_TIMEOUT_SECONDS": "4", **env_overrides,
     }
     log_path = log_dir / f"workers-{metrics_port}.log"

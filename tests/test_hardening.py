@@ -70,7 +70,7 @@ def test_nul_characters_are_refused_in_every_kind_of_string(alice) -> None:
 
 def test_nan_and_infinity_are_not_json_numbers(alice) -> None:
     for literal in ("NaN", "Infinity", "-Infinity"):
-        body = '{"image": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "prompts": [{"points": [[%s, 1]]}]}' % literal
+        body = f'{{"image": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "prompts": [{{"points": [[{literal}, 1]]}}]}}'
         response = alice.client.post("/api/v1/segment/", body, content_type="application/json")
         assert response.status_code == 400, literal
         assert error_code(response) == "malformed_request"

@@ -55,7 +55,10 @@ def test_worker_with_bad_weights_reports_the_reason(damage: str, tiny_checkpoint
     try:
         (worker,) = read_registry()
         assert worker.state == "failed"
-        assert ("does not exist" in worker.reason or "not found" in worker.reason.lower()) if damage == "missing" else "safetensors" in worker.reason
+        if damage == "missing":
+            assert "does not exist" in worker.reason or "not found" in worker.reason.lower()
+        else:
+            assert "safetensors" in worker.reason
         ready = Client().get("/readyz").json()
         assert ready["status"] == "not_ready"
         assert worker.reason in ready["checks"]["model"]["reason"]
@@ -126,7 +129,9 @@ def test_embedded_quick_start_writes_the_tiny_model_when_weights_are_missing(sta
     while requests.get(f"{server.url}/readyz", timeout=10).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert (tmp_path / "var" / "tiny-sam3" / "config.json").exists()
-    response = requests.post(f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(8))}, data={"prompts": '[{"text": "bus"}]'}, timeout=60)
+    response = requests.post(
+        f"{server.url}{SEGMENT}", files={"file": ("a.png", photo(8))}, data={"prompts": '[{"text": "bus"}]'}, timeout=60
+    )
     assert response.status_code == 200 and response.json()["model"]["tiny_random"] is True
 
 

@@ -84,7 +84,9 @@ def test_lifecycle_over_rest(server, alice) -> None:
     text = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "text": "dog"})
     assert text.status_code == 200, text.text
     assert text.json()["frame"] == 0
-    clicked = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 3, "points": [[20, 20]], "point_labels": [1]})
+    clicked = api(
+        server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 3, "points": [[20, 20]], "point_labels": [1]}
+    )
     assert clicked.status_code == 200, clicked.text
     object_id = clicked.json()["object_id"]
     assert object_id >= 10_000 and [o["id"] for o in clicked.json()["objects"]] == [object_id]
@@ -179,7 +181,8 @@ def test_websocket_origin_is_checked(start_server, model_worker, alice) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key, "Origin": "http://evil.example"}, open_timeout=10)
     assert refused.value.response.status_code == 403
-    with connect(ws_url(server, session_id), additional_headers={"X-API-Key": alice.key, "Origin": "http://localhost"}, open_timeout=10) as socket:
+    headers = {"X-API-Key": alice.key, "Origin": "http://localhost"}
+    with connect(ws_url(server, session_id), additional_headers=headers, open_timeout=10) as socket:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
 
 
@@ -360,6 +363,6 @@ def test_concurrent_sessions_interleave_with_image_requests(server, alice, bob) 
     still_running = [VideoSession.objects.get(pk=session_id).status for _, session_id in sessions]
     assert still_running == ["propagating", "propagating"], image_seconds
     for client, session_id in sessions:
-        finished = wait_for(lambda: propagation_finished(server, client.key, session_id), timeout=120)
+        finished = wait_for(lambda key=client.key, sid=session_id: propagation_finished(server, key, sid), timeout=120)
         assert finished["propagation"]["state"] == "done"
         assert FrameResult.objects.filter(session_id=session_id).count() == frames

@@ -67,9 +67,10 @@ def features(loaded, image):
 
 def _openai_vocab(bpe_path: Path) -> dict[str, int]:
     """DESIGN.md §4 formula, written independently of the module under test."""
-    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    with gzip.open(bpe_path) as file:
+        merges = file.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges if m]
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -244,7 +245,7 @@ def test_wrong_config(tiny_dir, tmp_path, edit, expected):
 
 
 def test_bpe_file_too_large_for_model(tiny_dir, tmp_path):
-    words = SMALL_VOCAB_WORDS + ("hippopotamus", "crocodile", "kangaroo", "penguin")
+    words = (*SMALL_VOCAB_WORDS, "hippopotamus", "crocodile", "kangaroo", "penguin")
     bigger = write_small_bpe_file(tmp_path / "big.txt.gz", words=words)
     assert "BPE file" in _expect_load_error(tiny_dir, bpe=bigger)
 
@@ -564,7 +565,7 @@ def test_every_word_is_at_least_one_token(loaded):
     """The web refuses a text whose words + 2 markers exceed the limit without the vocabulary; that is
     only right if no text tokenizes into fewer tokens than it has whitespace-separated words."""
     generator = np.random.default_rng(5)
-    alphabet = list("abcxyz dog,.!?'-0123456789 \t\n") + ["é", "e\u0301", "\u00a0", "\u2009", "\u3000", "\u200b",
+    alphabet = [*"abcxyz dog,.!?'-0123456789 \t\n", "é", "e\u0301", "\u00a0", "\u2009", "\u3000", "\u200b",
                                                             "🐕", "狗", "\u0301", "\x1c", "\x85", "'s", "'ll"]
     for _ in range(500):
         text = "".join(generator.choice(alphabet, size=int(generator.integers(1, 60))))
