@@ -34,13 +34,12 @@ from loguru import logger
 
 from accounts.cache import cached
 from accounts.models import ApiKey, DailyUsage
+from sam3site import processes, redis_clients
 
 FLUSH_INTERVAL_SECONDS = 5.0
-SERVING_ENV = "SAM3_SERVING"  # set by manage.py serve in its daphne children: they run the flusher
-_PREFIX = settings.CONFIG.redis_key_prefix
-PENDING_KEY = f"{_PREFIX}:usage:pending"  # the set of per-user-day hashes holding counts
+PENDING_KEY = redis_clients.key("usage", "pending")  # the set of per-user-day hashes holding counts
 # Incremented after every flush: readers cache what Postgres holds per generation (accounts.cache).
-GENERATION_KEY = f"{_PREFIX}:usage:generation"
+GENERATION_KEY = redis_clients.key("usage", "generation")
 _NO_KEY = "-"  # hash field of requests made without a database key (env keys, browser sessions)
 
 # KEYS: the user's hash for the day, PENDING_KEY. ARGV: field, daily limit (-1: none), stored count.
@@ -74,9 +73,7 @@ return taken
 
 Counts = dict[tuple[int, int | None, dt.date], int]  # (user id, api key id, day) -> requests
 
-_client: redis.Redis | None = None
-_scripts: dict[str, Any] = {}
-_client_lock = threading.Lock()
+_scripts: dict[tuple[int, str], Any] = {}
 _flush_lock = threading.Lock()
 _flusher_lock = threading.Lock()
 _flusher: threading.Thread | None = None
@@ -84,26 +81,20 @@ _stopping = threading.Event()
 
 
 def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        url = settings.REDIS_URL
-        if not url:  # callers check REDIS_URL first: without it counts go straight to the database
-            raise RuntimeError("accounts.usage reaches Redis only when REDIS_URL is set")
-        with _client_lock:
-            if _client is None:
-                client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-                _scripts.update(count=client.register_script(_COUNT), take=client.register_script(_TAKE))
-                _client = client
-    return _client
+    return redis_clients.client()
 
 
-def _script(name: str) -> Any:
-    _redis()
-    return _scripts[name]
+def _script(text: str) -> Any:
+    """``text`` as a script of this process's client (EVALSHA, loaded on first use)."""
+    client = _redis()
+    script = _scripts.get((id(client), text))
+    if script is None:
+        script = _scripts[id(client), text] = client.register_script(text)
+    return script
 
 
 def user_day_key(user_id: int, day: dt.date) -> str:
-    return f"{_PREFIX}:usage:{day.isoformat()}:{user_id}"
+    return redis_clients.key("usage", day.isoformat(), str(user_id))
 
 
 def _parse_key(name: bytes) -> tuple[int, dt.date]:
@@ -120,7 +111,7 @@ def count_request(*, user_id: int, api_key_id: int | None, day: dt.date, daily_l
         stored = stored_requests(user_id=user_id, day=day, generation=int(_redis().get(GENERATION_KEY) or 0))
     field = _NO_KEY if api_key_id is None else str(api_key_id)
     limit = -1 if daily_limit is None else daily_limit
-    counted = _script("count")(keys=[user_day_key(user_id, day), PENDING_KEY], args=[field, limit, stored])
+    counted = _script(_COUNT)(keys=[user_day_key(user_id, day), PENDING_KEY], args=[field, limit, stored])
     _start_flusher()
     return bool(counted)
 
@@ -162,7 +153,7 @@ def flush() -> int:
     if not settings.REDIS_URL:
         return 0
     with _flush_lock:
-        taken = _script("take")(keys=[PENDING_KEY])
+        taken = _script(_TAKE)(keys=[PENDING_KEY])
         counts: Counts = defaultdict(int)
         for name, fields in zip(taken[0::2], taken[1::2], strict=True):
             user_id, day = _parse_key(name)
@@ -215,7 +206,7 @@ def _start_flusher() -> None:
     """In web processes (``manage.py serve``'s children), the first count starts the periodic flush
     and the flush at exit. Elsewhere (tests, commands) counts wait for a web process, or ``flush()``."""
     global _flusher
-    if _flusher is not None or not os.environ.get(SERVING_ENV):
+    if _flusher is not None or not os.environ.get(processes.SERVING_ENV):
         return
     with _flusher_lock:
         if _flusher is not None:
