@@ -58,7 +58,9 @@ class SessionStore(Protocol):
 
     def propagation_update(self, *, session_id: str, **changes: Any) -> None: ...
 
-    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> None: ...
+    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> bool:
+        """Store a frame's result; False (nothing stored) once the session has ended."""
+        ...
 
     def publish(self, session_id: str, event: dict[str, Any]) -> None:
         """Tell the session's websocket clients, in order; never raises or blocks."""

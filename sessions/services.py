@@ -55,19 +55,26 @@ def prompt_log_append(*, session: VideoSession, kind: str, frame_index: int | No
     return entry
 
 
-def frame_result_store(*, session_id: str, payload: dict[str, Any]) -> None:
-    """Write a frame's objects under OUTPUT_DIR (atomically) and index it in the database."""
+def frame_result_store(*, session_id: str, payload: dict[str, Any]) -> bool:
+    """Write a frame's objects under OUTPUT_DIR (atomically) and index it in the database, unless the
+    session has ended meanwhile. Holds the session row's lock, as :func:`session_files_remove` does, so
+    a frame is either stored before the session's files are removed (and removed with them) or not at all."""
     frame = payload["frame"]
-    directory = session_output_dir(session_id) / "frames"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{frame:06d}.json"
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(payload, separators=(",", ":")))
-    os.replace(partial, path)
-    FrameResult.objects.update_or_create(
-        session_id=UUID(str(session_id)), frame_index=frame,
-        defaults={"object_count": len(payload["objects"]), "path": str(path.relative_to(settings.OUTPUT_DIR))},
-    )
+    with transaction.atomic():
+        session = VideoSession.objects.select_for_update().filter(pk=session_id).only("status", "files_removed").first()
+        if session is None or not session.is_open or session.files_removed:
+            return False
+        directory = session_output_dir(session_id) / "frames"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{frame:06d}.json"
+        partial = path.with_suffix(".part")
+        partial.write_text(json.dumps(payload, separators=(",", ":")))
+        os.replace(partial, path)
+        FrameResult.objects.update_or_create(
+            session_id=UUID(str(session_id)), frame_index=frame,
+            defaults={"object_count": len(payload["objects"]), "path": str(path.relative_to(settings.OUTPUT_DIR))},
+        )
+    return True
 
 
 def frame_result_read(result: FrameResult) -> dict[str, Any]:
@@ -85,10 +92,10 @@ def propagation_update(*, session_id: str, **changes: Any) -> dict[str, Any]:
 
 def session_files_remove(*, session: VideoSession) -> None:
     """Delete an ended session's results: the files and their index (rows must not outlive the files)."""
-    shutil.rmtree(session_output_dir(str(session.pk)), ignore_errors=True)
     with transaction.atomic():
+        VideoSession.objects.filter(pk=session.pk).update(files_removed=True)  # the row lock orders it with stores
         FrameResult.objects.filter(session_id=session.pk).delete()
-        VideoSession.objects.filter(pk=session.pk).update(files_removed=True)
+        shutil.rmtree(session_output_dir(str(session.pk)), ignore_errors=True)
 
 
 def session_claim(*, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:

@@ -32,8 +32,8 @@ class DatabaseSessionStore:
     def propagation_update(self, *, session_id: str, **changes: Any) -> None:
         services.propagation_update(session_id=session_id, **changes)
 
-    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> None:
-        services.frame_result_store(session_id=session_id, payload=payload)
+    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> bool:
+        return services.frame_result_store(session_id=session_id, payload=payload)
 
     def publish(self, session_id: str, event: dict[str, Any]) -> None:
         events.publish(session_id, event)

@@ -246,7 +246,8 @@ class SessionManager:
 def _frame_writer(session_id: str, payload: dict[str, Any], progress_at: int | None):  # noqa: ANN202
     def write() -> None:
         store = session_store()
-        store.frame_result_store(session_id=session_id, payload=payload)
+        if not store.frame_result_store(session_id=session_id, payload=payload):
+            return  # the session ended meanwhile: its frames are no longer wanted
         store.publish(session_id, FrameEvent(payload["frame"], payload["objects"]).to_message())
         if progress_at is not None:
             store.propagation_update(session_id=session_id, frames_done=progress_at, last_frame=payload["frame"])
