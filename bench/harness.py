@@ -10,6 +10,7 @@ processes behind. Traffic goes only to 127.0.0.1.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import math
@@ -231,10 +232,8 @@ def _stop_group(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _group_alive(process.pid):
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
