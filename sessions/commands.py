@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 RETRY_AFTER_SECONDS = 2
+# How long a close waits for the worker to free the session. The record is closed before and the
+# files go after regardless; a worker killed a moment ago still looks alive until its heartbeat
+# times out, and must not hold the DELETE for long. A live worker that answers late still runs a
+# close it has started, and its sweeper (SESSION_CLEANUP_INTERVAL_SECONDS) frees any session no
+# longer open.
+CLOSE_TIMEOUT_SECONDS = 5
 _SESSIONS_LOCK = 730_301  # advisory lock id serialising the session-limit check on Postgres
 
 
@@ -102,7 +108,7 @@ async def session_open(*, owner: User, video_id: Any) -> VideoSession:
     await sync_to_async(session.refresh_from_db)()
     if not ready and not session.is_open:  # closed while it was being opened: the worker must not keep it
         with suppress(ApiError):
-            await send(session, CloseSession(), timeout=30)
+            await send(session, CloseSession(), timeout=CLOSE_TIMEOUT_SECONDS)
         require_open(session)
     return session
 
@@ -208,7 +214,7 @@ async def session_close(*, session: VideoSession) -> None:
     )
     if closed:
         with suppress(ApiError):  # a lost worker holds nothing any more; the record is what matters
-            await send(session, CloseSession(), timeout=30)
+            await send(session, CloseSession(), timeout=CLOSE_TIMEOUT_SECONDS)
     await sync_to_async(services.session_files_remove)(session=session)
     if closed:
         events.publish(str(session.pk), StatusEvent(VideoSession.Status.CLOSED).to_message())

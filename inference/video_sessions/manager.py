@@ -214,6 +214,7 @@ class SessionManager:
         if not store.set_status(
             session_id=session_id, status=READY, from_statuses=[RECOVERING]
         ):  # closed or expired while being rebuilt: nothing to keep
+            logger.info("Session {} ended while being rebuilt; its state is let go", session_id)
             self.execute(SessionMessage(session_id, CloseSession()))
             return
         store.publish(session_id, StatusEvent(READY, recovered=True).to_message())
