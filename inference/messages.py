@@ -69,9 +69,7 @@ def error_payload(error: ApiError) -> dict[str, Any]:
 
 
 def error_from_payload(error: dict[str, Any]) -> ApiError:
-    raised = ApiError(error["message"], code=error["code"], detail=error.get("detail"))
-    raised.status_code = error["status"]
-    return raised
+    return ApiError(error["message"], code=error["code"], detail=error.get("detail"), status=error["status"])
 
 
 class SessionRecovering(Unavailable):

@@ -60,8 +60,7 @@ def reply_when_done(
         mapped = as_api_error(error)
         if mapped is None:
             logger.opt(exception=error).error("{} failed", what)
-            mapped = ApiError("Internal error in the model worker.", code="internal_error")
-            mapped.status_code = 500
+            mapped = ApiError("Internal error in the model worker.", code="internal_error", status=500)
         reply = encode_reply(error_payload(mapped))
     send_reply(reply_key, reply)
 

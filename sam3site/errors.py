@@ -26,10 +26,12 @@ class ApiError(Exception):
     message = "The request is invalid."
 
     def __init__(
-        self, message: str | None = None, *, code: str | None = None, detail: Any = None, retry_after: int | None = None
+        self, message: str | None = None, *, code: str | None = None, detail: Any = None, retry_after: int | None = None,
+        status: int | None = None,
     ) -> None:
         self.message = message or self.message
         self.code = code or self.code
+        self.status_code = status or self.status_code
         self.detail = detail
         self.retry_after = retry_after
         super().__init__(self.message)
@@ -159,8 +161,7 @@ def as_api_error(exc: Exception) -> ApiError | None:
         code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
         if isinstance(exc, drf.ValidationError):
             return InvalidInput("Some fields are invalid.", detail=exc.detail)
-        mapped = ApiError(str(exc.detail), code=code)
-        mapped.status_code = exc.status_code
+        mapped = ApiError(str(exc.detail), code=code, status=exc.status_code)
         if isinstance(exc, drf.Throttled):
             wait: float | None = exc.wait  # type: ignore[attr-defined]  # drf-stubs lack Throttled.wait (set in __init__)
             if wait is not None:
@@ -176,8 +177,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     error = as_api_error(exc)
     if error is None:
         logger.opt(exception=exc).error("Unhandled error in request {}", request_id)
-        error = ApiError("Internal server error; quote the request id when reporting it.", code="internal_error")
-        error.status_code = 500
+        error = ApiError("Internal server error; quote the request id when reporting it.", code="internal_error", status=500)
     return _respond(error, request_id)
 
 
