@@ -127,7 +127,7 @@ def _respond(error: ApiError, request_id: str | None) -> Response:
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 
-def request_limit_error(error: RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent) -> ApiError:
+def _request_limit_error(error: RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent) -> ApiError:
     """Django's own request limits, in our hierarchy (unmapped, they would surface as 500)."""
     if isinstance(error, RequestDataTooBig):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
@@ -147,7 +147,7 @@ def as_api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
-        return request_limit_error(exc)
+        return _request_limit_error(exc)
     if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):
         logger.warning("Database unavailable: {}", str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
         return DatabaseUnavailable(retry_after=DATABASE_RETRY_AFTER_SECONDS)

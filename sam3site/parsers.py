@@ -13,14 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadedfile import UploadedFile
 from django.http import QueryDict
 from django.utils.datastructures import MultiValueDict
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
-from sam3site.errors import InvalidInput, request_limit_error
+from sam3site.errors import InvalidInput
 
 MAX_JSON_DEPTH = 32
 
@@ -37,11 +37,13 @@ def check_json_value(value: Any, *, where: str = "the request") -> None:
         if not isinstance(item, Mapping | list | tuple):
             continue
         if depth > MAX_JSON_DEPTH:
-            raise InvalidInput(
-                f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested"
-            )
+            raise _too_deep(where)
         children: Iterable[Any] = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
         pending.extend((child, depth + 1) for child in children)
+
+
+def _too_deep(where: str) -> InvalidInput:
+    return InvalidInput(f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -54,23 +56,19 @@ def loads_checked(text: str, *, where: str = "the request") -> Any:
     try:
         parsed = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise InvalidInput(
-            f"The JSON in {where} is nested too deeply (at most {MAX_JSON_DEPTH} levels).", code="too_deeply_nested"
-        ) from None
+        raise _too_deep(where) from None
     check_json_value(parsed, where=where)
     return parsed
 
 
 class _CheckedFormParser(parsers.BaseParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
-        try:
-            # What the form parsers below give (FormParser: the fields; MultiPartParser: fields and files).
-            parsed = cast(
-                "QueryDict | parsers.DataAndFiles[QueryDict, MultiValueDict[str, UploadedFile]]",
-                super().parse(stream, media_type, parser_context),
-            )
-        except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as error:
-            raise request_limit_error(error) from None
+        # What the form parsers below give (FormParser: the fields; MultiPartParser: fields and files).
+        # Django's own limits (RequestDataTooBig, TooManyFieldsSent...) are mapped by sam3site.errors.
+        parsed = cast(
+            "QueryDict | parsers.DataAndFiles[QueryDict, MultiValueDict[str, UploadedFile]]",
+            super().parse(stream, media_type, parser_context),
+        )
         data, files = (parsed.data, parsed.files) if isinstance(parsed, parsers.DataAndFiles) else (parsed, None)
         for key, values in data.lists():
             check_json_value([key, *values], where=f"field {key[:40]!r}")
@@ -84,14 +82,12 @@ class JSONParser(parsers.JSONParser):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
-            raise request_limit_error(RequestDataTooBig())
+            raise RequestDataTooBig()  # answered 413 request_too_large by sam3site.errors
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             return loads_checked(body.decode(encoding))
         except ValueError as error:
             raise ParseError(f"JSON parse error - {error}") from None
-
-
 
 
 class FormParser(_CheckedFormParser, parsers.FormParser):

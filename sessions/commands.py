@@ -147,7 +147,7 @@ async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> di
 
 async def session_edit(*, session: VideoSession, kind: str, object_id: int | None = None) -> dict[str, Any]:
     _require_state(session, VideoSession.Status.READY)
-    command: SessionCommand = RemoveObject(object_id) if kind == "remove_object" and object_id is not None else ResetSession()
+    command: SessionCommand = ResetSession() if object_id is None else RemoveObject(object_id)
     result = await send(session, command)
     payload = {"object_id": object_id} if object_id is not None else {}
     await sync_to_async(services.prompt_log_append)(session=session, kind=kind, frame_index=None, payload=payload)
