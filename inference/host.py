@@ -49,6 +49,7 @@ class HostSettings:
     cache_ttl_seconds: float = 600
     max_batch_size: int = 1
     tiny_fallback_dir: Path | None = None  # embedded quick start: write and use the tiny model when weights are missing
+    conversion_cache_dir: Path | None = None  # where Meta's sam3.pt is converted to (once) and file hashes are kept
 
 
 @dataclass
@@ -82,6 +83,7 @@ class ModelHost:
             self.loaded = load_sam3(
                 checkpoint, bpe_path, self.settings.device,
                 compile=self.settings.compile, resolution=self.settings.resolution,
+                cache_dir=self.settings.conversion_cache_dir,
             )
             warmup(self.loaded)
         except ModelLoadError as error:
@@ -106,6 +108,8 @@ class ModelHost:
         if self.loaded is None:
             return {}
         identity = {key: self.loaded.identity[key] for key in ("name", "parameters", "dtype", "device", "resolution", "tiny_random")}
+        # Enough of the weights' sha256 to tell checkpoints apart (Meta's sam3.pt for a converted one).
+        identity["checkpoint_sha256"] = self.loaded.checkpoint_sha256[:12]
         if self.loaded.is_tiny_random:
             identity["warning"] = TINY_MODEL_WARNING
         return identity

@@ -1,9 +1,13 @@
-"""Load one SAM3 (``Sam3VideoModel``) from a local Hugging Face-layout checkpoint.
+"""Load one SAM3 (``Sam3VideoModel``) from a local checkpoint: Hugging Face layout or Meta's ``sam3.pt``.
 
 One ``Sam3VideoModel`` serves everything: its ``detector_model`` (a ``Sam3Model``) answers text /
 exemplar-box prompts, its ``tracker_model`` (SAM2-style, no vision encoder of its own) answers
 point / box clicks and video tracking, both reading the single ViT backbone. Loading
 ``Sam3Model`` and ``Sam3TrackerModel`` side by side would hold and run that backbone twice.
+
+``SAM3_CHECKPOINT`` may name a Hugging Face-layout directory (``config.json`` + ``model.safetensors``),
+a file inside one, or Meta's ``sam3.pt`` alone; the latter is converted once into the Hugging Face
+layout under the conversion cache (``checkpoints.cached_conversion``) and loaded from there.
 
 Nothing here touches the network: every ``from_pretrained`` is ``local_files_only`` and the hub is
 forced offline. Every failure a user can cause (wrong path, missing/corrupt weights, wrong config,
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from .checkpoints import CheckpointError, cached_conversion, file_sha256, read_manifest, sniff
 from .tiny import BPE_FILENAME, TINY_MARKER_FILE
 
 if TYPE_CHECKING:
@@ -68,6 +73,7 @@ class LoadedSam3:
     resolution: int  # square model input size in pixels (1008 for the published model)
     checkpoint_dir: Path
     is_tiny_random: bool
+    checkpoint_sha256: str = ""  # of the weights file (Meta's sam3.pt for a converted checkpoint)
     identity: dict[str, Any] = field(default_factory=dict)
     # text prompt -> projected CLIP features (what Sam3Model.forward uses of get_text_features);
     # bounded LRU, a few tens of KB per entry on the model device.
@@ -126,27 +132,88 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+SUPPORTED_LAYOUTS = (
+    "a Hugging Face-layout directory of the facebook/sam3 release (config.json + model.safetensors),"
+    " a file inside one, or Meta's sam3.pt alone"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    directory: Path  # Hugging Face layout, loaded by from_pretrained
+    sha256: str  # of the weights the operator supplied
+    source: Path  # what SAM3_CHECKPOINT named
+    converted_from: str | None = None  # the Meta file's name when ``directory`` is our conversion of it
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and any((directory / name).is_file() for name in WEIGHT_FILES)
+
+
 def resolve_checkpoint_dir(checkpoint: Path | str) -> Path:
     """The Hugging Face-layout directory for ``checkpoint`` (a directory or a file inside one)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         directory = path
     elif path.exists() or (path.suffix and (path.parent / "config.json").is_file()):
-        # SAM3_CHECKPOINT may name Meta's sam3.pt of the facebook/sam3 download (present or not):
-        # the Hugging Face files beside it are what we load.
         directory = path.parent
     else:
-        raise ModelLoadError(f"checkpoint not found: {path}")
+        raise ModelLoadError(f"checkpoint not found: {path} (expected {SUPPORTED_LAYOUTS})")
     if not (directory / "config.json").is_file():
-        meta_files = sorted(p.name for p in directory.glob("*.pt"))
-        hint = (
-            f" (found Meta-format {', '.join(meta_files)}: the server needs the Hugging Face layout of the"
-            " facebook/sam3 release, config.json + model.safetensors, next to it)"
-            if meta_files
-            else " (expected the Hugging Face layout of the facebook/sam3 release: config.json + model.safetensors)"
-        )
-        raise ModelLoadError(f"no config.json in checkpoint directory {directory}{hint}")
+        raise ModelLoadError(f"no config.json in checkpoint directory {directory} (expected {SUPPORTED_LAYOUTS})")
     return directory
+
+
+def resolve_checkpoint(checkpoint: Path | str, cache_dir: Path | None) -> ResolvedCheckpoint:
+    """Where to load ``checkpoint`` from, converting Meta's ``sam3.pt`` into ``cache_dir`` first if needed.
+
+    A file with a complete Hugging Face layout beside it (the facebook/sam3 download holds both
+    ``sam3.pt`` and ``model.safetensors``) loads those files; a PyTorch file without one is
+    taken as Meta's checkpoint and converted once (keyed by its sha256, reused afterwards).
+    """
+    path = Path(checkpoint).expanduser()
+    if path.is_file() and not _has_weights(path.parent):
+        kind = sniff(path)
+        if kind == "torch":
+            return _converted(path, cache_dir)
+        if not (path.parent / "config.json").is_file():
+            found = "a safetensors file without config.json" if kind == "safetensors" else "not a PyTorch checkpoint"
+            raise ModelLoadError(f"{path} is not a SAM3 checkpoint ({found}); supported: {SUPPORTED_LAYOUTS}")
+    directory = resolve_checkpoint_dir(path)
+    manifest = read_manifest(directory)
+    if manifest and isinstance(manifest.get("sha256"), str):  # a directory we converted earlier
+        return ResolvedCheckpoint(directory, manifest["sha256"], path, str(manifest.get("source_name") or ""))
+    return ResolvedCheckpoint(directory, _weights_sha256(directory, cache_dir), path)
+
+
+def _converted(path: Path, cache_dir: Path | None) -> ResolvedCheckpoint:
+    if cache_dir is None:
+        raise ModelLoadError(f"{path} is in Meta's format and needs converting, but no conversion cache directory is set")
+    try:
+        directory, digest = cached_conversion(path, cache_dir)
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot convert {path} into {cache_dir}: {_first_line(exc)}") from exc
+    return ResolvedCheckpoint(directory, digest, path, path.name)
+
+
+def _weights_sha256(directory: Path, cache_dir: Path | None) -> str:
+    """sha256 of the weights file; of the shards' sha256s in order for a sharded checkpoint."""
+    import hashlib
+
+    index = directory / "model.safetensors.index.json"
+    single = next((directory / n for n in WEIGHT_FILES if n != index.name and (directory / n).is_file()), None)
+    try:
+        if single is not None:
+            return file_sha256(single, cache_dir)
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            joined = "".join(file_sha256(directory / shard, cache_dir) for shard in shards)
+            return hashlib.sha256(joined.encode()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # the weights load then reports what is wrong with them
+    return ""
 
 
 def _read_config(directory: Path, resolution: int | None) -> Sam3VideoConfig:
@@ -292,10 +359,13 @@ def load_sam3(
     compile: bool = False,
     resolution: int | None = None,
     half: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> LoadedSam3:
     """Load SAM3 for inference on ``device``.
 
-    ``checkpoint`` is a Hugging Face-layout directory or any file inside one (e.g. ``.../sam3.pt``).
+    ``checkpoint`` is a Hugging Face-layout directory, any file inside one, or Meta's ``sam3.pt``
+    alone, which is converted once into ``cache_dir`` (by its sha256) and loaded from there;
+    ``cache_dir`` also remembers file hashes so a restart does not rehash the weights.
     The tokenizer comes from ``bpe_path`` if that file exists, else from the checkpoint directory
     (its BPE file or tokenizer files). ``half``: None or True = bfloat16 on CUDA GPUs that
     support it, float32 elsewhere (half precision is never used on CPU, where it is slow, nor as
@@ -304,7 +374,8 @@ def load_sam3(
     """
     import torch
 
-    directory = resolve_checkpoint_dir(checkpoint)
+    resolved = resolve_checkpoint(checkpoint, cache_dir)
+    directory = resolved.directory
     config = _read_config(directory, resolution)
     dev = _resolve_device(device)
     dtype = _resolve_dtype(dev, half)
@@ -332,8 +403,11 @@ def load_sam3(
     is_tiny = (directory / TINY_MARKER_FILE).is_file()
     parameters = sum(p.numel() for p in model.parameters())
     identity = {
-        "name": "sam3-tiny-random" if is_tiny else directory.name,
+        "name": "sam3-tiny-random" if is_tiny else resolved.converted_from or directory.name,
         "path": str(directory),
+        "checkpoint": str(resolved.source),
+        "format": "meta (converted)" if resolved.converted_from else "huggingface",
+        "sha256": resolved.sha256,
         "parameters": parameters,
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(dev),
@@ -355,5 +429,6 @@ def load_sam3(
         resolution=image_size,
         checkpoint_dir=directory,
         is_tiny_random=is_tiny,
+        checkpoint_sha256=resolved.sha256,
         identity=identity,
     )
