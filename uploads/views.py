@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import FileResponse
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -12,12 +12,21 @@ from accounts.permissions import authenticated_user
 from accounts.services import quota_of_request
 from sam3site.parsers import MultiPartParser
 from sam3site.schema import binary_download, errors
-from uploads import services
+from uploads import selectors, services
 from uploads.models import Upload
 from uploads.serializers import UploadCreateSerializer, UploadSerializer
 
 
-@extend_schema_view(destroy=extend_schema(responses={204: None, **errors(409)}, summary="Delete the file"))
+SHA256_PARAMETER = OpenApiParameter(
+    "sha256", str, pattern="^[0-9a-fA-F]{64}$",
+    description="Only your uploads with this SHA-256 (hex) of their content: a client skips re-sending a file you already uploaded.",
+)
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[SHA256_PARAMETER]),
+    destroy=extend_schema(responses={204: None, **errors(409)}, summary="Delete the file"),
+)
 class UploadViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
@@ -29,7 +38,8 @@ class UploadViewSet(
     queryset = Upload.objects.none()  # typed path parameter for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[Upload]:
-        return Upload.objects.filter(owner=authenticated_user(self.request))
+        sha256 = self.request.query_params.get("sha256") if self.action == "list" else None
+        return selectors.uploads_of(owner=authenticated_user(self.request), sha256=sha256)
 
     def get_serializer_class(self) -> type:
         # The browsable API builds its upload form from this (it asks with a POST-cloned request).
