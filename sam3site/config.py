@@ -70,8 +70,9 @@ class Config(BaseSettings):
     # --- model ---
     sam3_checkpoint: Path = Field(
         DEFAULT_WEIGHTS_DIR / "sam3.pt",
-        description="SAM3 checkpoint: a directory in the Hugging Face layout (config.json, model.safetensors) "
-        "or a file inside such a directory.",
+        description="SAM3 checkpoint: a directory in the Hugging Face layout (config.json, model.safetensors), "
+        "a file inside such a directory, or Meta's sam3.pt alone (converted once into DATA_DIR/checkpoints, "
+        "then reused; see docs/model-weights.md).",
     )
     sam3_bpe_path: Path = Field(
         DEFAULT_WEIGHTS_DIR / "bpe_simple_vocab_16e6.txt.gz",
@@ -187,7 +188,11 @@ class Config(BaseSettings):
     secure_ssl_redirect: bool = Field(
         False, description="Redirect plain HTTP to HTTPS (behind a TLS proxy sending X-Forwarded-Proto)."
     )
-    data_dir: Path = Field(BASE_DIR / "var", description="Local state of the embedded default: SQLite file, secret key.")
+    data_dir: Path = Field(
+        BASE_DIR / "var",
+        description="Local state: the embedded default's SQLite file and secret key; in every mode checkpoints/, "
+        "the conversions of Meta's sam3.pt (about 3.5 GB each) and remembered file hashes.",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -307,8 +307,9 @@ def meta_to_hf(key: str) -> Target | None:
 def hf_to_meta(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse: a transformers ``Sam3VideoModel`` state dict in Meta's layout.
 
-    Dropped tensors are absent (Meta's files have them; the converter ignores them). Used to
-    write test checkpoints in Meta's layout.
+    Dropped tensors are absent (Meta's files have them; the converter ignores them). Renamed
+    tensors are the same objects as in ``state`` (``torch.save`` keeps shared storage). Used to
+    write test and benchmark checkpoints in Meta's layout.
     """
     import torch
 
@@ -326,33 +327,30 @@ def hf_to_meta(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rule, rest = compiled.rule, key[match.end():]
         meta_key = rule.meta.replace("{n}", match.groupdict().get("n") or "") + rest
         if rule.op == "rename":
-            out[meta_key] = tensor.clone()
+            out[meta_key] = tensor
         elif rule.op == "transpose":
             out[meta_key] = tensor.T.contiguous()
         elif rule.op == "drop_cls":  # Meta keeps an (unused) CLS slot first
             out[meta_key] = torch.cat([torch.zeros_like(tensor[:, :1]), tensor], dim=1)
         elif rule.op == "copy":
             if position == 0:
-                out[meta_key] = tensor.clone()
+                out[meta_key] = tensor
         elif rule.op == "split3":
             if position == 0:
-                parts = [state[pattern_key(key, rule.hf[0], h)] for h in rule.hf]
+                parts = [state[_sibling(key, match, h)] for h in rule.hf]
                 out[meta_key] = torch.cat(parts, dim=0)
         elif rule.op == "part":
             for row in range(tensor.shape[0]):
-                out[rule.meta.replace("{n}", str(row)) + rest] = tensor[row : row + 1].clone()
+                out[rule.meta.replace("{n}", str(row)) + rest] = tensor[row : row + 1]
     for key in [k for k in out if ".dconv_2x2_0." in k]:  # a level with one transposed conv: Meta's dconv_2x2
         if not any(k.startswith(key.split(".dconv_2x2_0.")[0] + ".dconv_2x2_1.") for k in out):
             out[key.replace(".dconv_2x2_0.", ".dconv_2x2.")] = out.pop(key)
     return out
 
 
-def pattern_key(key: str, template: str, other: str) -> str:
-    """``key`` (made from ``template``) with ``template``'s text replaced by ``other``'s."""
-    match = _pattern(template).match(key)
-    assert match is not None
-    n = match.groupdict().get("n") or ""
-    return other.replace("{n}", n) + key[match.end():]
+def _sibling(key: str, match: re.Match[str], template: str) -> str:
+    """``key`` with the part ``match`` covered replaced by ``template`` (same layer index)."""
+    return template.replace("{n}", match.groupdict().get("n") or "") + key[match.end():]
 
 
 # --------------------------------------------------------------------------- reading a checkpoint
@@ -401,7 +399,7 @@ def identify(path: Path, keys: list[str]) -> None:
         "supported: Meta's SAM 3 checkpoint (sam3.pt of the facebook/sam3 release, keys detector.* and tracker.*)"
         " or a Hugging Face-layout directory (config.json + model.safetensors)"
     )
-    if any(k.startswith("tracker.model.") or "multiplex" in k for k in keys) or "multiplex" in path.name:
+    if any(k.startswith("tracker.model.") or "multiplex" in k for k in keys):
         raise CheckpointError(
             f"{path} is a SAM 3.1 multiplex checkpoint ({len(keys)} tensors, tracker keys under tracker.model.*):"
             f" transformers has no SAM 3.1 model yet, so this server cannot run it; {supported}"
@@ -689,7 +687,10 @@ def file_sha256(path: Path, cache_root: Path | None = None) -> str:
     if cache_file:
         known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")} if isinstance(known, dict) else {}
         known[entry_key] = value
-        _atomic_write(cache_file, json.dumps(known, indent=1) + "\n")
+        try:
+            _atomic_write(cache_file, json.dumps(known, indent=1) + "\n")
+        except OSError as exc:  # e.g. a read-only DATA_DIR: the hash is still right, only not remembered
+            logger.warning("Cannot remember the sha256 of {} in {}: {}", path, cache_file, exc)
     return value
 
 
