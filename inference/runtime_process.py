@@ -29,6 +29,7 @@ _runtime_lock = threading.Lock()
 
 def host_settings(device: str, *, tiny_fallback: bool = False) -> HostSettings:
     from inference.host import HostSettings
+    from inference.runtime.checkpoints import conversion_cache_dir
 
     config = settings.CONFIG
     return HostSettings(
@@ -45,6 +46,7 @@ def host_settings(device: str, *, tiny_fallback: bool = False) -> HostSettings:
         cache_ttl_seconds=config.feature_cache_ttl_seconds,
         max_batch_size=config.inference_max_batch_size,
         tiny_fallback_dir=Path(config.data_dir) / "tiny-sam3" if tiny_fallback else None,
+        conversion_cache_dir=conversion_cache_dir(config.data_dir),
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,11 +39,10 @@ import torch
 
 if TYPE_CHECKING:
     from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-        Sam3TrackerVideoInferenceSession,
         Sam3TrackerVideoSegmentationOutput,
     )
-    from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
+from .bounded_state import StateBound
 from .engine import Box, Instances, Point, check_text_prompt, masks_to_boxes
 from .loader import LoadedSam3
 
@@ -95,25 +95,17 @@ class LazyFrames(Mapping[int, torch.Tensor]):
         return tensor
 
 
-def _trim_history(
-    session: Sam3VideoInferenceSession | Sam3TrackerVideoInferenceSession,
-    frame_index: int, reverse: bool, keep: int | None) -> None:
-    """Drop tracked (non-conditioning) outputs more than ``keep`` frames behind ``frame_index``.
-
-    transformers keeps every frame's memory features and masks for every object for the whole
-    session (about 1 MB per object per frame at 1008 px), which a long video cannot afford.
-    Forward tracking only reads the last ``num_maskmem`` (7) frames and object pointers up to
-    ``max_object_pointers_in_encoder`` (16) frames back, so a window above that changes nothing
-    for continued propagation in the same direction; a later pass in the other direction over
-    trimmed frames sees fewer memories than untrimmed transformers would.
-    """
-    if keep is None:
+@contextmanager
+def _bounded_pass(bound: StateBound | None, start_frame: int | None) -> Iterator[None]:
+    """Record a propagation pass's start and end as anchors of the state bound (None: unbounded)."""
+    if bound is None:
+        yield
         return
-    for per_object in session.output_dict_per_obj.values():
-        outputs = per_object["non_cond_frame_outputs"]
-        stale = [f for f in outputs if (f > frame_index + keep if reverse else f < frame_index - keep)]
-        for f in stale:
-            del outputs[f]
+    bound.begin_pass(start_frame)
+    try:
+        yield
+    finally:
+        bound.end_pass()
 
 
 def _check_frame_index(index: int, num_frames: int) -> int:
@@ -144,8 +136,9 @@ class ConceptVideoSession:
     """Text-prompted detection + tracking over a video (SAM3 PCS).
 
     ``state_device`` holds the per-frame tracking state (default: the model device; "cpu" moves
-    it to host memory at some speed cost). ``keep_history`` bounds that state to the last N
-    tracked frames (see ``_trim_history``); None keeps everything like transformers.
+    it to host memory at some speed cost). ``keep_history`` bounds that state to N frames behind
+    the current one and around anchors (see ``bounded_state``); None keeps everything like
+    transformers.
     """
 
     def __init__(
@@ -159,7 +152,6 @@ class ConceptVideoSession:
         from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
         self.loaded = loaded
-        self.keep_history = keep_history
         self._frames = LazyFrames(loaded, frames)
         height, width = self._frames.size
         self.session = Sam3VideoInferenceSession(
@@ -172,6 +164,7 @@ class ConceptVideoSession:
             dtype=loaded.dtype,
         )
         self.session.processed_frames = self._frames  # type: ignore[assignment]  # a lazy Mapping: sessions only index it
+        self.bound = None if keep_history is None else StateBound(self.session, keep_history)
 
     @property
     def num_frames(self) -> int:
@@ -229,13 +222,18 @@ class ConceptVideoSession:
             raise ValueError("add a text prompt before propagating")
         start = _check_frame_index(start_frame, self.num_frames)
         model = self.loaded.model
+        with _bounded_pass(self.bound, start):
+            yield from self._propagate(model, start, reverse, max_frames)
+
+    def _propagate(self, model: Any, start: int, reverse: bool, max_frames: int | None) -> Iterator[tuple[int, Instances]]:
         for output in model.propagate_in_video_iterator(
             inference_session=self.session,
             start_frame_idx=start,
             max_frame_num_to_track=max_frames,
             reverse=reverse,
         ):
-            _trim_history(self.session, int(output.frame_idx), reverse, self.keep_history)
+            if self.bound is not None:
+                self.bound.after_frame(int(output.frame_idx), reverse)
             with torch.inference_mode():
                 processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
             object_ids = processed["object_ids"]
@@ -289,8 +287,9 @@ class InteractiveVideoSession:
     """Track user-designated objects (clicks / boxes / masks on any frame) through a video.
 
     ``state_device`` holds the per-frame tracking state (default: the model device; "cpu" moves
-    it to host memory at some speed cost). ``keep_history`` bounds that state to the last N
-    tracked frames (see ``_trim_history``); None keeps everything like transformers.
+    it to host memory at some speed cost). ``keep_history`` bounds that state to N frames behind
+    the current one and around anchors (see ``bounded_state``); None keeps everything like
+    transformers.
     """
 
     def __init__(
@@ -307,7 +306,6 @@ class InteractiveVideoSession:
         )
 
         self.loaded = loaded
-        self.keep_history = keep_history
         self._frames = LazyFrames(loaded, frames)
         height, width = self._frames.size
         self.processor = Sam3TrackerVideoProcessor(
@@ -326,6 +324,7 @@ class InteractiveVideoSession:
         self.session.processed_frames = self._frames  # type: ignore[assignment]  # a lazy Mapping: sessions only index it
         # Duck-typed stand-in (same methods) that fills itself from the shared backbone.
         self.session.cache = _BackboneFeatureCache(loaded, self._frames)  # type: ignore[assignment]
+        self.bound = None if keep_history is None else StateBound(self.session, keep_history)
 
     @property
     def num_frames(self) -> int:
@@ -351,6 +350,8 @@ class InteractiveVideoSession:
     def _run_frame(self, frame_index: int) -> Instances:
         with torch.inference_mode():
             output = self.loaded.tracker(inference_session=self.session, frame_idx=frame_index)
+        if self.bound is not None:
+            self.bound.after_frame(frame_index, reverse=False)
         return self._frame_instances(output)
 
     def add_prompt(
@@ -454,12 +455,14 @@ class InteractiveVideoSession:
             raise ValueError("add a prompt for at least one object before propagating")
         if start_frame is not None:
             start_frame = _check_frame_index(start_frame, self.num_frames)
-        with torch.inference_mode():
+        # Without a start frame the pass starts on a prompted frame, which is an anchor already.
+        with _bounded_pass(self.bound, start_frame), torch.inference_mode():
             for output in self.loaded.tracker.propagate_in_video_iterator(
                 inference_session=self.session,
                 start_frame_idx=start_frame,
                 max_frame_num_to_track=max_frames,
                 reverse=reverse,
             ):
-                _trim_history(self.session, int(output.frame_idx), reverse, self.keep_history)
+                if self.bound is not None:
+                    self.bound.after_frame(int(output.frame_idx), reverse)
                 yield int(output.frame_idx), self._frame_instances(output)

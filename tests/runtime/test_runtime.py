@@ -664,23 +664,6 @@ def test_interactive_video_session(loaded):
     assert session.object_ids == []
 
 
-def test_video_history_is_bounded(loaded):
-    frames = _video(8)
-
-    def run(keep):
-        session = InteractiveVideoSession(loaded, frames, keep_history=keep)
-        session.add_prompt(0, 1, points=[(40, 40)])
-        results = [r.masks for _, r in session.propagate()]
-        stored = max(len(o["non_cond_frame_outputs"]) for o in session.session.output_dict_per_obj.values())
-        return results, stored
-
-    full, stored_full = run(None)
-    windowed, _ = run(20)  # wider than anything forward tracking reads: same results
-    _, stored_short = run(2)
-    assert stored_full == 7 and stored_short <= 3
-    assert all(torch.equal(a, b) for a, b in zip(full, windowed))
-
-
 def test_temporal_disambiguation_switch(video_loaded):
     from inference.runtime.video import set_temporal_disambiguation
 
