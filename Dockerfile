@@ -38,7 +38,7 @@ COPY . .
 # one or write one to DATA_DIR); it is not part of the image's environment.
 RUN DJANGO_SECRET_KEY=build-only-dummy-secret-not-used-at-runtime-000000 \
         python manage.py collectstatic --noinput \
- && mkdir -p /app/server/sam_weights /app/var /tmp/sam3_uploads /tmp/sam3_outputs \
+ && mkdir -p /app/server/sam_weights /app/var/checkpoints /tmp/sam3_uploads /tmp/sam3_outputs \
  && chown -R 10001:10001 /app/var /tmp/sam3_uploads /tmp/sam3_outputs
 
 # Mount points (as in the deployment guide):
@@ -46,7 +46,8 @@ RUN DJANGO_SECRET_KEY=build-only-dummy-secret-not-used-at-runtime-000000 \
 #                            bpe_simple_vocab_16e6.txt.gz)
 #   /tmp/sam3_uploads        UPLOAD_DIR, shared by web and workers
 #   /tmp/sam3_outputs        OUTPUT_DIR, shared by web and workers
-#   /app/var                 DATA_DIR of the embedded default (SQLite, generated secret key)
+#   /app/var                 DATA_DIR of the embedded default (SQLite, generated secret key);
+#                            /app/var/checkpoints holds conversions of a lone Meta sam3.pt
 # (No VOLUME instruction: it would leave anonymous volumes behind one-shot containers such as
 # migrate; the deployment mounts what it needs. Empty named volumes copy this ownership.)
 
