@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "inference",
     "segmentation",
     "sessions.apps.VideoSessionsConfig",
+    "studio",
 ]
 
 MIDDLEWARE = [

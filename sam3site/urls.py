@@ -27,6 +27,7 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("api-auth/", include("rest_framework.urls")),  # log in to the browsable API with an admin account
+    path("studio/", include("studio.urls")),  # the web page that shows masks; it talks to the public API only
 ]
 
 handler400 = json_error_view(400, "bad_request", "The request is invalid.")
