@@ -16,7 +16,6 @@ from uploads import selectors, services
 from uploads.models import Upload
 from uploads.serializers import UploadCreateSerializer, UploadSerializer
 
-
 SHA256_PARAMETER = OpenApiParameter(
     "sha256", str, pattern="^[0-9a-fA-F]{64}$",
     description="Only your uploads with this SHA-256 (hex) of their content: a client skips re-sending a file you already uploaded.",

@@ -1,5 +1,6 @@
-"""Servers for the client's tests: the embedded default (one process, SQLite, the tiny SAM3 in
-process) shared by a module, and helpers for the `sam3` command line."""
+"""Servers for the client's tests, each shared by a module: the embedded default (one process,
+SQLite, the tiny SAM3 in process) and a web process of the Postgres/Redis deployment; and the
+`sam3` command line as a user runs it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, LiveServer, free_port, stop_process_group
+from tests.conftest import _test_database_url as test_database_url
 
 SAM3 = Path(sys.executable).with_name("sam3")  # the console script the package installs
 
@@ -24,37 +26,51 @@ def static_keys() -> list[str]:
     return json.loads(os.environ["API_KEYS"])
 
 
-@pytest.fixture(scope="module")
-def embedded_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`manage.py serve` on the embedded default (no DATABASE_URL / REDIS_URL: it migrates its own
-    SQLite and runs the tiny SAM3 in process), as `scripts/serve.sh` starts it."""
-    directory = tmp_path_factory.mktemp("embedded")
+def serve(directory: Path, *, migrate: bool, ready_path: str, **env_overrides: str) -> LiveServer:
+    """`manage.py serve` (the README's server command) on free ports, once ``ready_path`` answers 200."""
     port, metrics_port = free_port(), free_port()
     env = {
-        **os.environ, "DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(directory / "var"),
-        "UPLOAD_DIR": str(directory / "uploads"), "OUTPUT_DIR": str(directory / "outputs"), "SAM3_CHECKPOINT": str(tiny_checkpoint),
-        "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(metrics_port),
+        **os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(metrics_port), **env_overrides,
     }
-    log_path = directory / "server.log"
+    log_path = directory / f"server-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"], cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [sys.executable, "manage.py", "serve", *([] if migrate else ["--no-migrate"])],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # ready: migrated, and the model loaded
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded server did not become ready:\n{server.log()}")
-            try:
-                if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        yield server
-    finally:
-        stop_process_group(process)
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process_group(process)
+            raise RuntimeError(f"the server did not become ready:\n{server.log()}")
+        try:
+            if requests.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The embedded default (no DATABASE_URL / REDIS_URL: it migrates its own SQLite and runs the
+    tiny SAM3 in process), as `scripts/serve.sh` starts it; ready once the model is loaded."""
+    directory = tmp_path_factory.mktemp("embedded")
+    server = serve(
+        directory, migrate=True, ready_path="/readyz", DATABASE_URL="", REDIS_URL="", DATA_DIR=str(directory / "var"),
+        UPLOAD_DIR=str(directory / "uploads"), OUTPUT_DIR=str(directory / "outputs"), SAM3_CHECKPOINT=str(tiny_checkpoint),
+    )
+    yield server
+    stop_process_group(server.process)
+
+
+@pytest.fixture(scope="module")
+def deployment_server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A web process of the Postgres/Redis deployment (the test database), shared by a module: the
+    suite's ``start_server`` starts one per test."""
+    server = serve(tmp_path_factory.mktemp("web"), migrate=False, ready_path="/healthz", DATABASE_URL=test_database_url())
+    yield server
+    stop_process_group(server.process)
 
 
 def sam3(*args: str, server: str | None = None, key: str | None = None, timeout: float = 120, cwd: Path | None = None,

@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pytest
 import requests
+import sam3_client
 from PIL import Image
 from pycocotools import mask as coco_mask
-
-import sam3_client
 from sam3_client import AsyncClient, Client
+
 from tests.client.conftest import sam3, static_keys
 from tests.conftest import free_port, mp4_bytes
 
@@ -96,6 +96,29 @@ def test_errors_are_typed_and_carry_the_request_id(embedded_server) -> None:
         client.me()  # nothing listens there: retried once, then raised
 
 
+def test_both_clients_have_the_same_methods() -> None:
+    import inspect
+
+    def surface(obj: object) -> dict[str, list[str]]:
+        return {
+            name: list(inspect.signature(getattr(obj, name)).parameters)
+            for name in dir(obj) if not name.startswith("_") and callable(getattr(obj, name))
+        }
+
+    blocking, asynchronous = Client("http://127.0.0.1:9", "k"), AsyncClient("http://127.0.0.1:9", "k")  # nothing is sent
+    for sync_side, async_side in ((blocking, asynchronous), (blocking.uploads, asynchronous.uploads),
+                                  (blocking.sessions, asynchronous.sessions), (sam3_client.Session, sam3_client.AsyncSession)):
+        assert surface(sync_side) == surface(async_side), sync_side
+    assert inspect.iscoroutinefunction(asynchronous.segment) and not inspect.iscoroutinefunction(blocking.segment)
+    assert list(inspect.signature(blocking.segment).parameters)[:2] == ["image", "text"]
+    assert {"me", "segment", "close"} <= set(surface(blocking))
+    assert {"create", "get", "find", "list", "content", "delete"} <= set(surface(blocking.uploads))
+    assert {"add_text", "add_points", "add_boxes", "remove_object", "reset", "propagate", "frames", "cancel", "close", "refresh"} <= set(
+        surface(sam3_client.Session)
+    )
+    blocking.close()
+
+
 # --- uploads ---
 
 
@@ -143,6 +166,9 @@ def test_async_uploads_and_concurrent_segments(embedded_server) -> None:
             uploads = [await client.uploads.create(content) for content in images]
             again = await client.uploads.create(images[0])
             assert again.id == uploads[0].id
+            assert await client.uploads.find(uploads[1].sha256) == uploads[1] == await client.uploads.get(uploads[1].id)
+            assert await client.uploads.content(uploads[2]) == images[2]
+            assert (await client.me()).username.startswith("envkey-")
             results = await asyncio.gather(*(client.segment(u, text="dog", threshold=LOW) for u in uploads))
             listed = [u async for u in client.uploads.list(page_size=1)]
             for upload in uploads:

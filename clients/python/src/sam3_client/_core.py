@@ -12,6 +12,7 @@ sync objects and a coroutine method (or async iterator) on async ones, with the 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Iterator, Mapping
@@ -235,16 +236,13 @@ class operation(Generic[P, T]):  # noqa: N801 - used as a decorator
 
     def __init__(self, function: Callable[Concatenate[Any, P], Op[T]]) -> None:
         self._function = function
-        self.__doc__ = function.__doc__
-        self.__name__ = function.__name__
-        self.__wrapped__ = function
 
     @overload
     def __get__(self, instance: SyncBound, owner: type | None = None) -> Callable[P, T]: ...
     @overload
     def __get__(self, instance: AsyncBound, owner: type | None = None) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
-    def __get__(self, instance: None, owner: type | None = None) -> operation[P, T]: ...
+    def __get__(self, instance: None, owner: type | None = None) -> Callable[Concatenate[Any, P], Op[T]]: ...
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         function = self._function
         if isinstance(instance, SyncBound):
@@ -260,9 +258,8 @@ class operation(Generic[P, T]):  # noqa: N801 - used as a decorator
                 return await async_driver.run(function(instance, *args, **kwargs))
 
         else:
-            return self
-        call.__doc__, call.__name__, call.__qualname__ = function.__doc__, function.__name__, function.__qualname__
-        return call
+            return function  # on the class: the definition, for help() and the docs
+        return _described(call, function)
 
 
 class stream(Generic[P, T]):  # noqa: N801 - used as a decorator
@@ -270,16 +267,13 @@ class stream(Generic[P, T]):  # noqa: N801 - used as a decorator
 
     def __init__(self, function: Callable[Concatenate[Any, P], Stream[T]]) -> None:
         self._function = function
-        self.__doc__ = function.__doc__
-        self.__name__ = function.__name__
-        self.__wrapped__ = function
 
     @overload
     def __get__(self, instance: SyncBound, owner: type | None = None) -> Callable[P, SyncStream[T]]: ...
     @overload
     def __get__(self, instance: AsyncBound, owner: type | None = None) -> Callable[P, AsyncStream[T]]: ...
     @overload
-    def __get__(self, instance: None, owner: type | None = None) -> stream[P, T]: ...
+    def __get__(self, instance: None, owner: type | None = None) -> Callable[Concatenate[Any, P], Stream[T]]: ...
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         function = self._function
         if isinstance(instance, SyncBound):
@@ -295,9 +289,19 @@ class stream(Generic[P, T]):  # noqa: N801 - used as a decorator
                 return AsyncStream(async_driver.iterate(function(instance, *args, **kwargs)))
 
         else:
-            return self
-        call.__doc__, call.__name__, call.__qualname__ = function.__doc__, function.__name__, function.__qualname__
-        return call
+            return function
+        return _described(call, function)
+
+
+def _described(call: Callable[..., Any], function: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` (the bound method a descriptor hands out) with the definition's name, docs and parameters, less ``self``
+    (what it returns differs between the sync and async sides: the type checker knows it)."""
+    signature = inspect.signature(function)
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:], return_annotation=inspect.Signature.empty
+    )
+    call.__doc__, call.__name__, call.__qualname__ = function.__doc__, function.__name__, function.__qualname__
+    return call
 
 
 class SyncStream(Iterator[T]):

@@ -67,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     _connection_options(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, within: Any = commands) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+    def command(name: str, summary: str, within: Any = commands) -> argparse.ArgumentParser:
         return cast(argparse.ArgumentParser, within.add_parser(
-            name, help=help, parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=summary, parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
         ))
 
     segment = command("segment", "segment an image")
