@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from inference import dispatch, health, registry
+from inference import dispatch, health, live_frames, registry
 from inference.jobs import ImageJob
+from inference.live_frames import LiveFrame
 from inference.messages import ImageReply, SessionMessage, SessionRecovering
 from sam3site.errors import ModelUnavailable, NotFound
 
@@ -51,6 +52,10 @@ class Gateway(Protocol):
         ...
 
     async def session_command(self, target: SessionTarget, message: SessionMessage, *, timeout: float) -> dict[str, Any]: ...
+
+    async def live_push(self, target: SessionTarget, frame: LiveFrame) -> int | None:
+        """Leave ``frame`` for the live session's worker (latest-wins); the seq of the untaken frame it replaced."""
+        ...
 
     def model_health(self) -> tuple[bool, dict]: ...
 
@@ -83,6 +88,9 @@ class CeleryGateway:
             if error.code == "session_not_loaded":
                 raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS) from None
             raise
+
+    async def live_push(self, target: SessionTarget, frame: LiveFrame) -> int | None:
+        return await live_frames.push_to_redis(target.session_id, target.queue, frame)
 
     def model_health(self) -> tuple[bool, dict]:
         return health.check_workers()

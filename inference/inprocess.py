@@ -12,9 +12,11 @@ from django.conf import settings
 
 from inference.gateway import RETRY_AFTER_SECONDS, SessionTarget
 from inference.jobs import ImageJob
+from inference.live_frames import LiveFrame
 from inference.messages import ImageReply, SessionMessage, encode_image_result
 from inference.runtime_process import ModelRuntime, current_runtime, start_runtime
 from inference.video_sessions.manager import require_manager, start_manager
+from inference.video_sessions.streaming import MemorySlots
 from sam3site.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 
 
@@ -65,6 +67,11 @@ class InProcessGateway:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             raise DeadlineExceeded("The session command timed out.", code="command_timeout") from None
+
+    async def live_push(self, target: SessionTarget, frame: LiveFrame) -> int | None:
+        slots = require_manager().slots
+        assert isinstance(slots, MemorySlots)  # this process's runtime has no Celery queue
+        return slots.put(target.session_id, frame)
 
     def model_health(self) -> tuple[bool, dict]:
         if not (settings.CONFIG.image_model_enabled or settings.CONFIG.video_model_enabled):

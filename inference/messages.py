@@ -133,6 +133,15 @@ class OpenSession:
 
 
 @dataclass(frozen=True)
+class OpenLive:
+    """A live session: frames pushed by the client (inference.live_frames), no video file."""
+
+    store: bool = False  # keep every computed frame's result (the REST frames API) as propagation does
+    mask_format: Literal["rle", "polygons", "png", "none"] = "rle"
+    op: Literal["open_live"] = "open_live"
+
+
+@dataclass(frozen=True)
 class PromptSession:
     prompt: VideoPrompt
     op: Literal["prompt"] = "prompt"
@@ -166,7 +175,7 @@ class CloseSession:
 
 
 SessionCommand = Annotated[
-    OpenSession | PromptSession | RemoveObject | ResetSession | Propagate | CancelPropagation | CloseSession,
+    OpenSession | OpenLive | PromptSession | RemoveObject | ResetSession | Propagate | CancelPropagation | CloseSession,
     Field(discriminator="op"),
 ]
 
@@ -235,4 +244,30 @@ class PropagationEnded:
         return {"type": self.outcome, "frames_done": self.frames_done, **({"message": self.message} if self.message else {})}
 
 
-SessionEvent = StatusEvent | FrameEvent | ProgressEvent | PropagationEnded
+@dataclass(frozen=True)
+class LiveFrameEvent:
+    """A pushed frame's objects: ``seq`` and ``ts`` as the client sent them, ``frame`` the index among
+    the frames computed (0, 1, 2...; the stored results' index)."""
+
+    seq: int
+    frame: int
+    objects: list[dict[str, Any]]
+    ts: float | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "frame", **_without_none(self)}
+
+
+@dataclass(frozen=True)
+class LiveFrameError:
+    """A pushed frame that could not be computed (not decodable, a different size...); the stream goes on."""
+
+    seq: int
+    code: str
+    message: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "error", "code": self.code, "message": self.message, "detail": {"seq": self.seq}}
+
+
+SessionEvent = StatusEvent | FrameEvent | LiveFrameEvent | LiveFrameError | ProgressEvent | PropagationEnded

@@ -16,6 +16,7 @@ from inference.legs import Leg, legs_direction, legs_plan, legs_to_resume
 from inference.messages import (
     CancelPropagation,
     CloseSession,
+    OpenLive,
     OpenSession,
     PromptSession,
     Propagate,
@@ -52,11 +53,13 @@ def _lock_session_limits() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SESSIONS_LOCK])
 
 
-def _create_record(owner: User, video_id: Any, worker: str, queue: str) -> VideoSession:
-    video = Upload.objects.filter(pk=video_id, owner=owner).first()
-    if video is None:
+def _create_record(owner: User, video_id: Any, worker: str, queue: str, live: dict[str, Any] | None = None) -> VideoSession:
+    """The session's record, under the server's and the owner's session limits; ``live``: a live
+    session's options (it has no video)."""
+    video = None if live is not None else Upload.objects.filter(pk=video_id, owner=owner).first()
+    if video is None and live is None:
         raise NotFound(f"Upload {video_id} not found.", code="upload_not_found")
-    if video.kind != Upload.Kind.VIDEO:
+    if video is not None and video.kind != Upload.Kind.VIDEO:
         raise InvalidInput(f"Upload {video_id} is an image; sessions need a video.", code="not_a_video")
     with transaction.atomic():
         _lock_session_limits()
@@ -73,6 +76,10 @@ def _create_record(owner: User, video_id: Any, worker: str, queue: str) -> Video
                 f"You have your maximum of {own_limit} open sessions; close one first.",
                 code="session_quota_exceeded", retry_after=30,
             )
+        if video is None:
+            return VideoSession.objects.create(
+                owner=owner, kind=VideoSession.Kind.LIVE, live=live, worker=worker, worker_queue=queue, frame_count=0, width=0, height=0,
+            )
         return VideoSession.objects.create(
             owner=owner, video=video, worker=worker, worker_queue=queue, frame_count=video.frame_count or 0,
             fps=video.fps, width=video.width, height=video.height,
@@ -87,14 +94,20 @@ async def send(session: VideoSession, command: SessionCommand, *, timeout: float
     return await gateway().session_command(target, SessionMessage(str(session.pk), command), timeout=timeout)
 
 
-async def session_open(*, owner: User, video_id: Any) -> VideoSession:
+async def session_open(*, owner: User, video_id: Any = None, live: dict[str, Any] | None = None) -> VideoSession:
+    """Open a session on an uploaded video, or with ``live`` options ({"store", "mask_format"}) a live one."""
     if not settings.CONFIG.video_model_enabled:
         raise Unavailable("Video sessions are off (VIDEO_MODEL_ENABLED=False).", code="video_disabled")
     load = await sync_to_async(selectors.open_sessions_per_worker)()
     worker, queue = await gateway().session_worker(load)
-    session = await sync_to_async(_create_record)(owner, video_id, worker, queue)
+    session = await sync_to_async(_create_record)(owner, video_id, worker, queue, live)
+    if live is not None:
+        opening: SessionCommand = OpenLive(**live)
+    else:
+        assert session.video is not None  # _create_record found it
+        opening = OpenSession(str(session.video.path))
     try:
-        opened = await send(session, OpenSession(str(session.video.path)))
+        opened = await send(session, opening)
     except ApiError as error:
         await sync_to_async(services.session_set_status)(
             session_id=str(session.pk), status=VideoSession.Status.FAILED, error=error.message,
@@ -134,11 +147,14 @@ def _require_state(session: VideoSession, *allowed: str) -> None:
 
 async def session_prompt(*, session: VideoSession, prompt: dict[str, Any]) -> dict[str, Any]:
     _require_state(session, VideoSession.Status.READY)
-    if not 0 <= prompt["frame"] < session.frame_count:
+    if session.kind == VideoSession.Kind.LIVE:
+        pass  # ``frame`` is a pushed frame's seq; the worker knows which frames it kept, and their size
+    elif not 0 <= prompt["frame"] < session.frame_count:
         raise InvalidInput(
             f"Frame {prompt['frame']} is outside the video (0..{session.frame_count - 1}).", code="frame_out_of_range"
         )
-    check_prompt_inside(prompt, session.width, session.height)
+    else:
+        check_prompt_inside(prompt, session.width, session.height)
     result = await send(session, PromptSession(VideoPrompt.from_payload(prompt)))
     # Logged as given: replaying the log in order gives new objects the same ids again.
     await sync_to_async(services.prompt_log_append)(session=session, kind=prompt["kind"], frame_index=prompt["frame"], payload=prompt)
@@ -158,6 +174,8 @@ async def session_propagate(
     *, session: VideoSession, direction: str, start_frame: int | None, max_frames: int | None, resume: bool
 ) -> dict[str, Any]:
     _require_state(session, VideoSession.Status.READY)
+    if session.kind == VideoSession.Kind.LIVE:
+        raise Conflict("A live session computes the frames you push; it does not propagate.", code="live_session")
     previous = session.propagation
     if resume:
         legs = legs_to_resume(previous, session.frame_count)

@@ -43,7 +43,7 @@ from sam3site.errors import ApiError, as_api_error
 from sam3site.websocket_auth import TICKET_SUBPROTOCOL_PREFIX
 from sessions import commands, events, selectors
 from sessions.models import VideoSession
-from sessions.serializers import PropagateSerializer, VideoPromptSerializer
+from sessions.serializers import ObjectSerializer, PropagateSerializer, VideoPromptSerializer
 from sessions.views import ticket_cache_key
 
 UNACKED_FRAME_LIMIT = 64
@@ -84,7 +84,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
         session = await _owned_session(user, self.session_id)
-        if session is None:
+        if session is None or not self.admits(session):
             await self.close()  # other clients' sessions do not exist for you: refused like a bad key
             return
         self.user = user
@@ -97,6 +97,10 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         if not session.is_open:
             await self.close(code=SESSION_ENDED_CLOSE_CODE)
 
+    def admits(self, session: VideoSession) -> bool:
+        """Whether this kind of socket serves this session (every session has this one)."""
+        return True
+
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -105,7 +109,10 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         event = message["event"]
         if event["type"] == "frame":
             if self.unacked_frames >= UNACKED_FRAME_LIMIT:
-                event = {"type": "frame", "frame": event["frame"], "object_count": len(event["objects"]), "masks_omitted": True}
+                event = {
+                    "type": "frame", "frame": event["frame"], **({"seq": event["seq"]} if "seq" in event else {}),
+                    "object_count": len(event["objects"]), "masks_omitted": True,
+                }
             else:
                 self.unacked_frames += 1
         await self.send_json(event)
@@ -135,8 +142,16 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "propagation", **propagation})
             elif kind == "cancel":
                 await self.send_json({"type": "cancelling", **await commands.session_cancel(session=session)})
+            elif kind == "remove_object":
+                data = await sync_to_async(validated)(ObjectSerializer, {k: v for k, v in content.items() if k != "type"})
+                result = await commands.session_edit(session=session, kind="remove_object", object_id=data["object_id"])
+                await self.send_json({"type": "edit_result", **result})
+            elif kind == "reset":
+                await self.send_json({"type": "edit_result", **await commands.session_edit(session=session, kind="reset")})
             else:
-                await self._error("invalid_message", 'Messages are JSON objects with "type": prompt, propagate, cancel or ack.')
+                await self._error(
+                    "invalid_message", 'Messages are JSON objects with "type": prompt, propagate, cancel, remove_object, reset or ack.'
+                )
         except (ApiError, ValidationError) as failure:
             error = as_api_error(failure)
             assert error is not None  # ApiError and DRF's ValidationError always translate

@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from inference.jobs import MASK_FORMATS
 from sam3site.schema import paginated
 from segmentation.serializers import PromptSerializer
 from sessions.models import SessionPrompt, VideoSession
@@ -22,7 +23,7 @@ class VideoSessionSerializer(serializers.ModelSerializer):
     class Meta:
         model = VideoSession
         fields: tuple[str, ...] = (
-            "id", "video", "status", "worker", "frame_count", "fps", "width", "height", "propagation", "error",
+            "id", "kind", "video", "live", "status", "worker", "frame_count", "fps", "width", "height", "propagation", "error",
             "created_at", "last_activity_at", "closed_at", "frames_stored",
         )
         read_only_fields: tuple[str, ...] = fields
@@ -37,7 +38,19 @@ class VideoSessionDetailSerializer(VideoSessionSerializer):
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    video = serializers.UUIDField(help_text="Id of one of your uploaded videos.")
+    video = serializers.UUIDField(required=False, help_text="Id of one of your uploaded videos.")
+    live = serializers.BooleanField(
+        default=False, help_text="A live session instead: you push the frames over the websocket /ws/sessions/<id>/live/.",
+    )
+    store = serializers.BooleanField(
+        default=False, help_text="Live: keep every computed frame's result, for GET /api/v1/sessions/<id>/frames/ afterwards.",
+    )
+    mask_format = serializers.ChoiceField(choices=MASK_FORMATS, default="rle", help_text="Live: the masks' format in frame events.")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data["live"] == ("video" in data):
+            raise serializers.ValidationError({"video": "Give a video, or live: true for a live session (not both)."})
+        return data
 
 
 class VideoPromptSerializer(PromptSerializer):

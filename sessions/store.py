@@ -17,6 +17,8 @@ class DatabaseSessionStore:
 
     def replay_plan(self, session_id: str) -> ReplayPlan:
         session = VideoSession.objects.select_related("video").get(pk=session_id)
+        if session.video is None:
+            raise ValueError("A live session cannot be rebuilt: its frames went with its worker. Open a new one.")
         return ReplayPlan(
             video_path=str(session.video.path),
             propagation_running=session.propagation.get("state") == "running",

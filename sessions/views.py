@@ -68,7 +68,8 @@ class SessionListView(SessionViewMixin, APIView):
     @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer, **errors(404, 503, 504)})
     async def post(self, request: Request) -> Response:
         data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
-        session = await commands.session_open(owner=authenticated_user(request), video_id=data["video"])
+        live = {"store": data["store"], "mask_format": data["mask_format"]} if data["live"] else None
+        session = await commands.session_open(owner=authenticated_user(request), video_id=data.get("video"), live=live)
         body = await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)()
         return Response(body, status=status.HTTP_201_CREATED)
 

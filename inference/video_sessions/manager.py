@@ -21,10 +21,13 @@ from django.utils import timezone
 from loguru import logger
 
 from inference import registry
+from inference.live_frames import LiveFrame
 from inference.messages import (
     CancelPropagation,
     CloseSession,
     FrameEvent,
+    LiveFrameError,
+    OpenLive,
     OpenSession,
     ProgressEvent,
     PromptSession,
@@ -42,6 +45,7 @@ from inference.runtime_process import ModelRuntime
 from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, ReplayPlan, session_store
 from inference.video_sessions.encoding import frame_payload
 from inference.video_sessions.live import FrameObjects, LiveSession
+from inference.video_sessions.streaming import FramePump, MemorySlots, RedisSlots, StreamSession, live_frame_event
 from inference.video_sessions.writer import ResultWriter
 from sam3site import redis_clients
 from sam3site.errors import Conflict, InvalidInput, NotFound
@@ -55,8 +59,11 @@ _manager: SessionManager | None = None
 class SessionManager:
     def __init__(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
-        self.live: dict[str, LiveSession] = {}
+        self.live: dict[str, LiveSession | StreamSession] = {}
         self.writer = ResultWriter()
+        # Live sessions' frames: left by the web in slots (Redis, or this process's memory on the embedded default).
+        self.slots = RedisSlots(runtime.queue) if runtime.queue is not None else MemorySlots()
+        self.pump = FramePump(self.slots, self._compute_live_frame, self._deliver_live_frame, self._refuse_live_frame)
         self._stop = threading.Event()
         self._configured = False
         runtime.session_count = lambda: len(self.live)
@@ -76,7 +83,7 @@ class SessionManager:
             return done
         return self.runtime.scheduler.call(lambda: self._apply(session_id, command))
 
-    def _live(self, session_id: str) -> LiveSession:
+    def _live(self, session_id: str) -> LiveSession | StreamSession:
         live = self.live.get(session_id)
         if live is None:
             raise NotFound("The session is not loaded on its worker (it is being recovered).", code="session_not_loaded")
@@ -97,14 +104,22 @@ class SessionManager:
         if isinstance(command, OpenSession):
             if session_id not in self.live:
                 self.live[session_id] = LiveSession(self._loaded(), Path(command.video_path))
-            return {"frame_count": self.live[session_id].frame_count}
+            opened = self.live[session_id]
+            return {"frame_count": opened.frame_count if isinstance(opened, LiveSession) else 0}
+        if isinstance(command, OpenLive):
+            if session_id not in self.live:
+                self.live[session_id] = StreamSession(self._loaded(), store=command.store, mask_format=command.mask_format)
+            return {"frame_count": 0}
         if isinstance(command, CloseSession):
             live = self.live.pop(session_id, None)
+            self.slots.discard(session_id)
             if live is not None:
                 live.cancel.set()
                 live.close()
             return {"closed": live is not None}
         live = self._live(session_id)
+        if isinstance(live, StreamSession):
+            return self._apply_live(live, command)
         if isinstance(command, Propagate):  # checked here, on the model thread; the frames then stream
             frames = live.propagation(command.legs)
             live.cancel.clear()
@@ -119,6 +134,41 @@ class SessionManager:
             live.reset()
             return {"objects": []}
         raise ValueError(f"unknown session command {command!r}")
+
+    def _apply_live(self, live: StreamSession, command: SessionCommand) -> dict[str, Any]:
+        if isinstance(command, PromptSession):
+            return live.prompt(command.prompt)
+        if isinstance(command, RemoveObject):
+            live.remove_object(command.object_id)
+            return {"removed": command.object_id, "objects": live.object_ids()}
+        if isinstance(command, ResetSession):
+            live.reset()
+            return {"objects": []}
+        raise Conflict("A live session computes the frames it is sent; it does not propagate.", code="live_session")
+
+    # --- live sessions' frames: taken by the pump thread, computed here, delivered by the writer ---
+
+    def _compute_live_frame(self, session_id: str, frame: LiveFrame, image: Any) -> dict[str, Any] | None:
+        def compute() -> dict[str, Any] | None:
+            live = self.live.get(session_id)
+            return live.push(frame, image) if isinstance(live, StreamSession) else None  # closed meanwhile: nobody wants it
+
+        return self.runtime.scheduler.call(compute).result()
+
+    def _deliver_live_frame(self, session_id: str, result: dict[str, Any]) -> None:
+        live = self.live.get(session_id)
+        store_it = isinstance(live, StreamSession) and live.store
+
+        def write() -> None:
+            store = session_store()
+            if store_it and not store.frame_result_store(session_id=session_id, payload=result):
+                return  # the session ended meanwhile
+            store.publish(session_id, live_frame_event(result))
+
+        self.writer.submit(write)
+
+    def _refuse_live_frame(self, session_id: str, error: LiveFrameError) -> None:
+        self.writer.submit(lambda: session_store().publish(session_id, error.to_message()))
 
     def _prompt(self, live: LiveSession, prompt: VideoPrompt) -> dict[str, Any]:
         try:
@@ -172,9 +222,11 @@ class SessionManager:
         if self.runtime.queue is not None and registry.serves_video(self.runtime.device):
             threading.Thread(target=self._watch_orphans, name="session-watchdog", daemon=True).start()
         threading.Thread(target=self._sweep_periodically, name="session-sweeper", daemon=True).start()
+        self.pump.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.pump.stop()
         self.writer.stop()
 
     def _watch_orphans(self) -> None:
@@ -200,10 +252,10 @@ class SessionManager:
         logger.warning("Worker {} is gone; rebuilding session {} here", dead_worker, session_id)
         store = session_store()
         store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message())
-        plan = store.replay_plan(session_id)
-        if plan.propagation_running:
-            store.propagation_update(session_id=session_id, state="interrupted")
         try:
+            plan = store.replay_plan(session_id)  # refused for live sessions: their frames went with the worker
+            if plan.propagation_running:
+                store.propagation_update(session_id=session_id, state="interrupted")
             self.runtime.scheduler.call(lambda: self._replay(session_id, plan)).result()
         except Exception as failure:  # noqa: BLE001
             logger.exception("Session {} could not be rebuilt", session_id)
@@ -228,7 +280,9 @@ class SessionManager:
             elif entry.kind == "reset":
                 self._apply(session_id, ResetSession())
             else:
-                self._prompt(self.live[session_id], VideoPrompt.from_payload(entry.payload))
+                live = self.live[session_id]
+                assert isinstance(live, LiveSession)  # opened from the video just above
+                self._prompt(live, VideoPrompt.from_payload(entry.payload))
 
     def _sweep_periodically(self) -> None:
         while not self._stop.wait(settings.CONFIG.session_cleanup_interval_seconds):
