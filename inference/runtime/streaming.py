@@ -45,7 +45,9 @@ def _forget_old_frames(frames: Any, newest: int, keep: int) -> None:
 class LiveStream:
     """Concept and interactive tracking over pushed frames; only the model thread touches it."""
 
-    def __init__(self, loaded: LoadedSam3, first_frame: np.ndarray, *, keep_history: int, keep_frames: int = KEEP_FRAMES) -> None:
+    def __init__(
+        self, loaded: LoadedSam3, first_frame: np.ndarray, *, keep_history: int | None, keep_frames: int = KEEP_FRAMES
+    ) -> None:
         self.loaded = loaded
         self.size = (int(first_frame.shape[0]), int(first_frame.shape[1]))
         self._first = first_frame
