@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from tests.conftest import launch_workers, mp4_bytes, read_registry
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 FRAMES = 10
-LONG = 80  # frames: more than the 64 a socket carries unacknowledged, and long enough to act mid-run
+LONG = 70  # frames: more than the 64 a socket carries unacknowledged, and long enough to act mid-run
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +263,34 @@ def test_the_example_tracks_a_video(server, alice, video) -> None:
     lines = run.stdout.splitlines()
     assert lines[0].endswith(f": {FRAMES} frames") and lines[1].startswith("object 1")
     assert [int(line.split(":")[0].split()[1]) for line in lines[2:]] == list(range(FRAMES))
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_propagation_survives_a_dropped_websocket(server, alice, long_video) -> None:
+    """kill -9 of the web process holding the socket: `serve` starts another on the same port, the
+    stream reconnects and reads what was computed meanwhile from the stored results."""
+    with Client(server.url, alice.key) as client, client.sessions.create(long_video) as session:
+        session.add_points([[20, 20]], frame=0)
+        read_back = served(server, "GET", f"/api/v1/sessions/{session.id}/frames/", 200)
+        frames = []
+        for frame in session.propagate():
+            frames.append(frame.frame)
+            if len(frames) == 3:
+                (web,) = children_of(server.process.pid)  # the one daphne process of SERVER_WORKERS=1
+                os.kill(web, signal.SIGKILL)
+    assert frames == list(range(LONG))
+    assert served(server, "GET", f"/api/v1/sessions/{session.id}/frames/", 200) > read_back
 
 
 def test_propagation_carries_on_after_its_worker_is_killed(server, alice, long_video) -> None:

@@ -21,6 +21,7 @@ from sam3_client import AsyncClient, Client
 from tests.client.conftest import sam3, static_keys
 from tests.conftest import free_port, mp4_bytes
 
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools under numpy 2
 LOW = 0.0  # the tiny random model scores low: a zero threshold makes instances appear
 
 

@@ -211,10 +211,6 @@ class Bound:
 
     _config: ClientConfig
 
-    @property
-    def _retry(self) -> RetryPolicy:
-        return self._config.retry
-
     def _call(self, call: Call, *, accept: Collection[int] = ()) -> Op[Reply]:
         return request(self._config.retry, call, accept=accept)
 

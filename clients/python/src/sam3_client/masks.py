@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Literal
 
@@ -73,17 +76,27 @@ def _coco_rle(rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_rle(rle: dict[str, Any]) -> BoolArray:
-    return np.asarray(coco_mask.decode(_coco_rle(rle)), dtype=bool)
+    with _quiet_pycocotools():
+        return np.asarray(coco_mask.decode(_coco_rle(rle)), dtype=bool)
+
+
+@contextmanager
+def _quiet_pycocotools() -> Iterator[None]:
+    """pycocotools' decoder warns under numpy 2 about a keyword its own objects lack: nothing a caller can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        yield
 
 
 def _fill_polygons(components: list[list[list[float]]], height: int, width: int) -> BoolArray:
     """Each component is rings (exterior, then holes) of pixel-corner vertices; filling every ring
     and XOR-ing them is the even-odd rule, which gives back the exact mask."""
     filled = np.zeros((height, width), dtype=bool)
-    for rings in components:
-        for ring in rings:
-            rle = coco_mask.frPyObjects([list(ring)], height, width)
-            filled ^= np.asarray(coco_mask.decode(rle)[:, :, 0], dtype=bool)
+    with _quiet_pycocotools():
+        for rings in components:
+            for ring in rings:
+                rle = coco_mask.frPyObjects([list(ring)], height, width)
+                filled ^= np.asarray(coco_mask.decode(rle)[:, :, 0], dtype=bool)
     return filled
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from sam3_client._core import (
     AsyncBound,
+    AsyncDriver,
     Bound,
     Call,
     CloseSocket,
@@ -35,6 +36,8 @@ from sam3_client._core import (
     Stream,
     StreamClosed,
     SyncBound,
+    SyncDriver,
+    error_from_reply,
     operation,
     stream,
 )
@@ -45,6 +48,7 @@ from sam3_client.models import Frame, Leg, Propagation, SessionInfo
 Direction = Literal["forward", "backward", "both"]
 Point = Sequence[float]
 
+ENDED = ("closed", "expired", "failed")
 SESSION_ENDED_CLOSE_CODE = 4410
 QUIET_SECONDS = 10.0  # after this long without a message, the session's record is read over REST
 RECONNECT_ATTEMPTS = 8
@@ -222,6 +226,7 @@ class _Propagation:
         self.last_change = time.monotonic()
 
     def stream(self, body: dict[str, Any]) -> Stream[Frame]:
+        """Open the socket, start the propagation (``body``), hand its frames over until it ends."""
         try:
             yield from self._connect()
             started = yield from self.session._json("POST", self.session._path("propagate/"), json=body)
@@ -256,10 +261,10 @@ class _Propagation:
                 hello = yield Receive(outcome, self.session._config.connect_timeout)
                 if isinstance(hello, str):
                     message = json.loads(hello)
-                    if message.get("type") == "status" and self.started_at is not None:
-                        yield from self._on_record(message["status"], message.get("propagation") or {})
-                    elif message.get("type") == "status" and message["status"] in ("closed", "expired", "failed"):
+                    if message.get("type") == "status" and message["status"] in ENDED:
                         raise _ended(message["status"], message.get("message"))
+                    if message.get("type") == "status" and self.started_at is not None:  # a reconnection
+                        yield from self._on_record(message["status"], message.get("propagation") or {})
                     return
                 yield CloseSocket(outcome)  # closed or silent right away: try again
                 continue
@@ -302,7 +307,7 @@ class _Propagation:
 
     def _on_status(self, message: dict[str, Any]) -> Stream[Frame]:
         status = message["status"]
-        if status in ("closed", "expired", "failed"):
+        if status in ENDED:
             raise _ended(status, message.get("message"))
         if status == "ready" and message.get("recovered"):  # a worker died; the session is rebuilt elsewhere
             yield from self._resume()
@@ -319,7 +324,7 @@ class _Propagation:
         yield from self._on_record(body["status"], body.get("propagation") or {})
 
     def _on_record(self, status: str, record: dict[str, Any]) -> Stream[Frame]:
-        if status in ("closed", "expired", "failed"):
+        if status in ENDED:
             raise _ended(status, None)
         if not record or record.get("started_at") != self.started_at:
             raise Sam3Error("Another propagation of this session replaced the one being followed.")
@@ -343,13 +348,11 @@ class _Propagation:
         self.finished = True
 
     def _resume(self) -> Stream[Frame]:
-        reply = yield from self.session._call(
-            _post(self.session._path("propagate/"), {"resume": True}), accept=(409,)
-        )
+        reply = yield from self.session._call(Call("POST", self.session._path("propagate/"), json={"resume": True}), accept=(409,))
         if reply.status == 409:
-            body = reply.json()
-            if body["error"]["code"] != "nothing_to_resume":
-                raise api_error(409, body["error"]["code"], body["error"]["message"], request_id=body["error"].get("request_id"))
+            error = error_from_reply(reply)
+            if error.code != "nothing_to_resume":
+                raise error
             yield from self._ended_run("done", 0)  # it had delivered every frame before the worker died
             return
         self.last_change = time.monotonic()
@@ -388,7 +391,7 @@ class _Propagation:
         return found
 
     def _cancel(self) -> Op[None]:
-        reply = yield from self.session._call(_post(self.session._path("cancel/"), {}), accept=(409, 410))
+        reply = yield from self.session._call(Call("POST", self.session._path("cancel/"), json={}), accept=(409, 410))
         if reply.status != 202 or self.socket is None or not reply.json().get("cancelling"):
             return
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
@@ -401,10 +404,6 @@ class _Propagation:
                 return
 
 
-def _post(path: str, body: dict[str, Any]) -> Call:
-    return Call("POST", path, json=body)
-
-
 def _ended(status: str, message: str | None) -> Sam3Error:
     return api_error(410, f"session_{status}", message or f"The session is {status}.")
 
@@ -412,7 +411,7 @@ def _ended(status: str, message: str | None) -> Sam3Error:
 class Session(SessionBase, SyncBound):
     """A video session (blocking methods). ``with client.sessions.create(video) as session:`` closes it at the end."""
 
-    def __init__(self, config: ClientConfig, driver: Any, info: SessionInfo) -> None:
+    def __init__(self, config: ClientConfig, driver: SyncDriver, info: SessionInfo) -> None:
         super().__init__(config, info)
         self._driver = driver
 
@@ -427,7 +426,7 @@ class Session(SessionBase, SyncBound):
 class AsyncSession(SessionBase, AsyncBound):
     """A video session (coroutine methods). ``async with await client.sessions.create(video) as session:``."""
 
-    def __init__(self, config: ClientConfig, driver: Any, info: SessionInfo) -> None:
+    def __init__(self, config: ClientConfig, driver: AsyncDriver, info: SessionInfo) -> None:
         super().__init__(config, info)
         self._driver = driver
 
