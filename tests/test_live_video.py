@@ -18,6 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from inference.live_frames import encode_frame
 from inference.masks import decode_rle
+from inference.messages import VideoPrompt
 from sessions import services
 from sessions.models import VideoSession
 from tests.test_sessions import api
@@ -185,3 +186,30 @@ def test_auth_ownership_and_limits(start_server, model_worker, alice, bob) -> No
             while time.monotonic() < deadline:
                 socket.recv(timeout=10)
         assert socket.close_code == 4410
+
+
+def test_a_long_stream_keeps_its_state_bounded(tiny_checkpoint) -> None:
+    """In the worker's own objects (no server): what a stream keeps does not grow with its length."""
+    from inference.live_frames import LiveFrame
+    from inference.runtime.loader import load_sam3
+    from inference.runtime.streaming import KEEP_FRAMES
+    from inference.video_sessions.live import KEEP_HISTORY_FRAMES
+    from inference.video_sessions.streaming import StreamSession, decode_image
+
+    live = StreamSession(load_sam3(tiny_checkpoint, None, "cpu"), store=False, mask_format="rle")
+    live.prompt(VideoPrompt(kind="text", frame=0, text="dog"))
+    for seq in range(80):
+        data = jpeg(seq)
+        live.push(LiveFrame(seq, data, None, WIDTH, HEIGHT), decode_image(data))
+        if seq == 2:
+            live.prompt(VideoPrompt(kind="points", frame=2, points=[[20, 20]], point_labels=[1]))
+    stream = live.stream
+    assert stream is not None and stream.concept is not None and stream.interactive is not None
+    for tracker in (stream.concept, stream.interactive):
+        assert sorted(tracker.session.processed_frames._added) == list(range(80 - KEEP_FRAMES, 80))  # type: ignore[attr-defined]
+    (outputs,) = stream.interactive.session.output_dict_per_obj.values()
+    kept = sorted(outputs["non_cond_frame_outputs"])
+    # tracked frames stay only near the current frame (79) or the prompted one (2), per StateBound
+    assert kept and all(f >= 79 - KEEP_HISTORY_FRAMES or f <= 2 + KEEP_HISTORY_FRAMES for f in kept)
+    assert len(kept) < 79 - 2 and list(outputs["cond_frame_outputs"]) == [2]
+    assert sorted(live.frame_of_seq) == list(range(80 - KEEP_FRAMES, 80)) and live.object_ids() == [10_000]
