@@ -46,7 +46,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from inference.runtime.loader import load_sam3
 
     if not spec["bounded"]:
-        live.KEEP_HISTORY_FRAMES = None  # type: ignore[assignment]  # the unbounded baseline
+        live.KEEP_HISTORY_FRAMES = None  # the unbounded baseline
     loaded = load_sam3(Path(spec["checkpoint"]), None, os.environ.get("IMAGE_MODEL_DEVICE", "cpu"), resolution=spec["resolution"])
 
     def run(video: Path, point: list[float], frames: int | None, curve: list[list[int]] | None) -> int:

@@ -104,6 +104,12 @@ class Config(BaseSettings):
     )
 
     # --- sessions ---
+    video_state_device: Literal["model", "cpu"] = Field(
+        "model",
+        description="Where a video session's tracking state lives: model (the model's device, fastest) or cpu "
+        "(host memory: frees GPU memory per session, costs a copy of the recent memories to the GPU each frame). "
+        "Frames are always kept on the CPU, decoded and preprocessed on demand.",
+    )
     max_concurrent_sessions: int = Field(10, ge=1, description="Open video sessions allowed at once, server-wide.")
     session_timeout_seconds: int = Field(3600, ge=1, description="Idle time after which a video session expires.")
     session_cleanup_interval_seconds: int = Field(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from django.conf import settings
 
 from inference.legs import Leg
 from inference.runtime.engine import Instances, compute_image_features, segment_concept
@@ -30,7 +31,9 @@ from inference.video_sessions.frames import VideoFrames
 from sam3site.errors import Conflict, InvalidInput, NotFound
 
 INTERACTIVE_ID_BASE = 10_000
-KEEP_HISTORY_FRAMES = 32  # tracking state kept per object; forward tracking reads at most 16 frames back
+# Tracking state kept behind the current frame and around anchors (inference.runtime.bounded_state);
+# forward tracking reads at most 16 frames back.
+KEEP_HISTORY_FRAMES: int | None = 32
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class LiveSession:
         self.interactive: InteractiveVideoSession | None = None
         self.next_object_id = INTERACTIVE_ID_BASE
         self.cancel = threading.Event()
+        self.state_device = "cpu" if settings.CONFIG.video_state_device == "cpu" else None  # None: the model's
 
     @property
     def frame_count(self) -> int:
@@ -62,12 +66,16 @@ class LiveSession:
 
     def _concept(self) -> ConceptVideoSession:
         if self.concept is None:
-            self.concept = ConceptVideoSession(self.loaded, self.frames, keep_history=KEEP_HISTORY_FRAMES)
+            self.concept = ConceptVideoSession(
+                self.loaded, self.frames, state_device=self.state_device, keep_history=KEEP_HISTORY_FRAMES
+            )
         return self.concept
 
     def _interactive(self) -> InteractiveVideoSession:
         if self.interactive is None:
-            self.interactive = InteractiveVideoSession(self.loaded, self.frames, keep_history=KEEP_HISTORY_FRAMES)
+            self.interactive = InteractiveVideoSession(
+                self.loaded, self.frames, state_device=self.state_device, keep_history=KEEP_HISTORY_FRAMES
+            )
         return self.interactive
 
     # --- prompts: each answers with the instances it produced on its frame ---

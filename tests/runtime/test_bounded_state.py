@@ -143,3 +143,29 @@ def test_tracked_frames_answers_like_the_dict_it_replaces():
     counted = CountedFrames([1, 2])
     counted.append(9)
     assert len(counted) == 3 and list(counted) == [1, 2, 9]
+
+
+def test_video_state_device_setting_reaches_both_trackers(loaded, settings, tmp_path):
+    """VIDEO_STATE_DEVICE=cpu puts the tracking state in host memory (a no-op on a CPU-only host,
+    where this test can only check that the setting arrives; a GPU run is in the benchmarks)."""
+    import av
+
+    from inference.video_sessions.live import LiveSession
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for frame in _clip(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert LiveSession(loaded, path).state_device is None  # default: the model's device
+    settings.CONFIG = settings.CONFIG.model_copy(update={"video_state_device": "cpu"})
+    session = LiveSession(loaded, path)
+    assert session.state_device == "cpu"
+    session.add_points(0, None, [[40, 30]], [1], None)
+    session.add_text(0, "dog")
+    assert session.interactive is not None and session.concept is not None
+    assert session.interactive.session.inference_state_device == torch.device("cpu")
+    assert session.concept.session.inference_state_device == torch.device("cpu")
+    session.close()
