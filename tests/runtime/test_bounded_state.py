@@ -166,6 +166,6 @@ def test_video_state_device_setting_reaches_both_trackers(loaded, settings, tmp_
     session.add_points(0, None, [[40, 30]], [1], None)
     session.add_text(0, "dog")
     assert session.interactive is not None and session.concept is not None
-    assert session.interactive.session.inference_state_device == torch.device("cpu")
-    assert session.concept.session.inference_state_device == torch.device("cpu")
+    assert torch.device(session.interactive.session.inference_state_device) == torch.device("cpu")
+    assert torch.device(session.concept.session.inference_state_device) == torch.device("cpu")
     session.close()
