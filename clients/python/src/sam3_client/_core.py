@@ -102,9 +102,10 @@ class Blocking:
 
 @dataclass(frozen=True)
 class Socket:
-    """An open websocket (the driver's connection object)."""
+    """An open websocket: the driver's connection, entered as websockets wants (``with connect(...)``) on ``exits``."""
 
     connection: Any
+    exits: ExitStack | AsyncExitStack
 
 
 @dataclass(frozen=True)
@@ -428,11 +429,12 @@ class SyncDriver:
         if isinstance(effect, Blocking):
             return effect.function()
         if isinstance(effect, Connect):
+            exits = ExitStack()
             try:
-                return Socket(sync_connect(
+                return Socket(exits.enter_context(sync_connect(
                     self.config.websocket_url + effect.path, additional_headers=self.config.headers(),
                     open_timeout=self.config.connect_timeout, max_size=WEBSOCKET_MAX_MESSAGE_BYTES, user_agent_header=None,
-                ))
+                )), exits)
             except _HANDSHAKE_ERRORS as error:
                 return _handshake_failure(error)
         connection = cast(SyncConnection, effect.socket.connection)
@@ -448,7 +450,7 @@ class SyncDriver:
             with suppress(ConnectionClosed):  # the next Receive reports the close
                 connection.send(effect.text)
             return None
-        connection.close()
+        cast(ExitStack, effect.socket.exits).close()
         return None
 
     def _send(self, call: Call) -> Reply | TransportFailure:
@@ -525,11 +527,12 @@ class AsyncDriver:
         if isinstance(effect, Blocking):
             return await asyncio.to_thread(effect.function)
         if isinstance(effect, Connect):
+            exits = AsyncExitStack()
             try:
-                return Socket(await async_connect(
+                return Socket(await exits.enter_async_context(async_connect(
                     self.config.websocket_url + effect.path, additional_headers=self.config.headers(),
                     open_timeout=self.config.connect_timeout, max_size=WEBSOCKET_MAX_MESSAGE_BYTES, user_agent_header=None,
-                ))
+                )), exits)
             except _HANDSHAKE_ERRORS as error:
                 return _handshake_failure(error)
         connection = cast(AsyncConnection, effect.socket.connection)
@@ -545,7 +548,7 @@ class AsyncDriver:
             with suppress(ConnectionClosed):
                 await connection.send(effect.text)
             return None
-        await connection.close()
+        await cast(AsyncExitStack, effect.socket.exits).aclose()
         return None
 
     async def _send(self, call: Call) -> Reply | TransportFailure:

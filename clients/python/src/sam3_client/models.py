@@ -274,7 +274,7 @@ class SessionInfo:
     (from :meth:`Session.refresh`) its prompt log."""
 
     id: str
-    video: str
+    video: str | None  # the upload; None for a live session (frames pushed by a client)
     status: Literal["starting", "ready", "propagating", "recovering", "closed", "expired", "failed"]
     worker: str
     frame_count: int
@@ -288,6 +288,7 @@ class SessionInfo:
     closed_at: datetime | None
     frames_stored: int
     prompts: list[SessionPrompt] | None = None
+    kind: Literal["video", "live"] = "video"
 
     @property
     def is_open(self) -> bool:
@@ -297,7 +298,7 @@ class SessionInfo:
     def from_json(cls, data: dict[str, Any]) -> SessionInfo:
         prompts = data.get("prompts")
         return cls(
-            id=data["id"], video=data["video"], status=data["status"], worker=data.get("worker") or "",
+            id=data["id"], video=data.get("video"), kind=data.get("kind", "video"), status=data["status"], worker=data.get("worker") or "",
             frame_count=data["frame_count"], fps=data.get("fps"), width=data["width"], height=data["height"],
             propagation=Propagation.from_json(data.get("propagation") or {}), error=data.get("error") or "",
             created_at=datetime.fromisoformat(data["created_at"]), last_activity_at=_time(data.get("last_activity_at")),
