@@ -219,6 +219,17 @@ class Bound:
         reply = yield from request(self._config.retry, Call(method, path, **options))
         return reply.json()
 
+    def _pages(self, path: str, parse: Callable[[Any], T], *, page_size: int, **params: str | int) -> Stream[T]:
+        """Every item of a paginated list, page by page (limit/offset)."""
+        offset = 0
+        while True:
+            page = yield from self._json("GET", path, params={**params, "limit": page_size, "offset": offset})
+            for item in page["results"]:
+                yield Emit(parse(item))
+            if not page["next"] or not page["results"]:
+                return
+            offset += len(page["results"])
+
 
 class SyncBound(Bound):
     _driver: SyncDriver

@@ -14,7 +14,6 @@ from sam3_client._core import (
     Blocking,
     Bound,
     Call,
-    Emit,
     FilePart,
     Op,
     Stream,
@@ -186,14 +185,7 @@ class UploadsBase(Bound):
     @stream
     def list(self, *, page_size: int = 100) -> Stream[Upload]:
         """All your uploads, newest first, read page by page."""
-        offset = 0
-        while True:
-            page = yield from self._json("GET", "uploads/", params={"limit": page_size, "offset": offset})
-            for item in page["results"]:
-                yield Emit(Upload.from_json(item))
-            if not page["next"] or not page["results"]:
-                return
-            offset += len(page["results"])
+        yield from self._pages("uploads/", Upload.from_json, page_size=page_size)
 
     @operation
     def content(self, upload: Upload | str) -> Op[bytes]:
@@ -222,14 +214,7 @@ class SessionsBase(Bound):
     @stream
     def list(self, *, page_size: int = 100) -> Stream[SessionInfo]:
         """The records of all your sessions (open and ended), newest first."""
-        offset = 0
-        while True:
-            page = yield from self._json("GET", "sessions/", params={"limit": page_size, "offset": offset})
-            for item in page["results"]:
-                yield Emit(SessionInfo.from_json(item))
-            if not page["next"] or not page["results"]:
-                return
-            offset += len(page["results"])
+        yield from self._pages("sessions/", SessionInfo.from_json, page_size=page_size)
 
 
 class Uploads(UploadsBase, SyncBound):

@@ -159,16 +159,7 @@ class SessionBase(Bound):
     @stream
     def frames(self, *, from_frame: int = 0, page_size: int = 100) -> Stream[Frame]:
         """The stored per-frame results, in frame order, read page by page."""
-        offset = 0
-        while True:
-            page = yield from self._json(
-                "GET", self._path("frames/"), params={"from_frame": from_frame, "limit": page_size, "offset": offset}
-            )
-            for item in page["results"]:
-                yield Emit(Frame.from_json(item))
-            if not page["next"] or not page["results"]:
-                return
-            offset += len(page["results"])
+        yield from self._pages(self._path("frames/"), Frame.from_json, page_size=page_size, from_frame=from_frame)
 
     @stream
     def propagate(
