@@ -23,7 +23,7 @@ import torch
 
 from .engine import Instances
 from .loader import LoadedSam3
-from .video import ConceptVideoSession, InteractiveVideoSession, LazyFrames
+from .video import ConceptVideoSession, InteractiveVideoSession
 
 KEEP_FRAMES = 8  # preprocessed frames kept for prompts naming a recent frame
 
@@ -122,7 +122,7 @@ class LiveStream:
             output = self.loaded.tracker(inference_session=interactive.session, frame=tensor, frame_idx=index)
         if interactive.bound is not None:
             interactive.bound.after_frame(index, reverse=False)
-        return interactive._frame_instances(output)
+        return interactive._frame_instances(output)  # the session's own post-processing (private there)
 
     def close(self) -> None:
         self.concept = None
@@ -131,5 +131,3 @@ class LiveStream:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-
-__all__ = ["KEEP_FRAMES", "LazyFrames", "LiveStream", "preprocess"]

@@ -108,7 +108,7 @@ class StreamSession:
                 raise InvalidInput(str(error), code=getattr(error, "code", "invalid_prompt")) from None
             if text and text not in self.texts:
                 self.texts.append(text)
-            return {"seq": prompt.frame, "texts": list(self.texts), "objects": []}
+            return {"texts": list(self.texts), "objects": []}
         if prompt.kind != "points":
             raise InvalidInput(
                 "Live sessions take text and points/box prompts; exemplar boxes are not supported.", code="not_supported_live"
@@ -271,6 +271,10 @@ class FramePump:
             result = self._compute(session_id, frame, image)
         except ValueError as error:  # a frame the model cannot take; the stream goes on
             self._refuse(session_id, LiveFrameError(frame.seq, "invalid_frame", str(error)))
+            return
+        except Exception as error:  # noqa: BLE001 - answered, so every frame sent gets an answer
+            logger.exception("Live frame {} of session {} failed", frame.seq, session_id)
+            self._refuse(session_id, LiveFrameError(frame.seq, "frame_failed", f"{type(error).__name__}: {error}"))
             return
         if result is not None:
             self._deliver(session_id, result)
