@@ -25,15 +25,11 @@ from sam3_client._core import (
 from sam3_client.config import ClientConfig, RetryPolicy
 from sam3_client.masks import MaskFormat
 from sam3_client.media import ImageSource, UploadRef, VideoSource, encode_png, resolve, sha256_of
-from sam3_client.models import Me, SegmentResult, SessionInfo, Upload
+from sam3_client.models import Me, SegmentResult, SessionInfo, Upload, floats
 from sam3_client.sessions import AsyncSession, Session
 
 Point = Sequence[float]
 BoxCoordinates = Sequence[float]
-
-
-def _floats(values: Sequence[Any]) -> list[float]:
-    return [float(v) for v in values]
 
 
 def _id(upload: Upload | str) -> str:
@@ -74,7 +70,7 @@ def build_prompts(
     if boxes is not None:
         if len(texts) > 1:
             raise ValueError("exemplar boxes go with at most one text; pass several prompts in `prompts`")
-        exemplars: dict[str, Any] = {"boxes": [_floats(b) for b in boxes]}
+        exemplars: dict[str, Any] = {"boxes": [floats(b) for b in boxes]}
         if box_labels is not None:
             exemplars["box_labels"] = [int(v) for v in box_labels]
         if built:
@@ -84,10 +80,10 @@ def build_prompts(
     if points is not None or box is not None:
         interactive: dict[str, Any] = {"multimask": multimask}
         if points is not None:
-            interactive["points"] = [_floats(p) for p in points]
+            interactive["points"] = [floats(p) for p in points]
             interactive["point_labels"] = [int(v) for v in point_labels] if point_labels is not None else [1] * len(points)
         if box is not None:
-            interactive["box"] = _floats(box)
+            interactive["box"] = floats(box)
         built.append(interactive)
     built.extend(dict(p) for p in prompts or [])
     if not built:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
@@ -11,6 +12,11 @@ import numpy as np
 from sam3_client.masks import BoolArray, Mask, MaskFormat
 
 Box = tuple[float, float, float, float]
+
+
+def floats(values: Sequence[Any]) -> list[float]:
+    """Coordinates as JSON numbers (numpy scalars and tuples welcome)."""
+    return [float(v) for v in values]
 
 
 def _time(value: str | None) -> datetime | None:

@@ -43,7 +43,7 @@ from sam3_client._core import (
 )
 from sam3_client.config import ClientConfig
 from sam3_client.errors import APIConnectionError, PropagationFailed, PropagationStalled, Sam3Error, api_error
-from sam3_client.models import Frame, Leg, Propagation, SessionInfo
+from sam3_client.models import Frame, Leg, Propagation, SessionInfo, floats
 
 Direction = Literal["forward", "backward", "both"]
 Point = Sequence[float]
@@ -54,10 +54,6 @@ QUIET_SECONDS = 10.0  # after this long without a message, the session's record 
 RECONNECT_ATTEMPTS = 8
 CANCEL_WAIT_SECONDS = 15.0
 PAGE_LIMIT = 1000  # the API's largest page
-
-
-def _floats(values: Sequence[Any]) -> list[float]:
-    return [float(v) for v in values]
 
 
 class SessionBase(Bound):
@@ -106,10 +102,10 @@ class SessionBase(Bound):
             raise ValueError("give points and/or a box")
         prompt: dict[str, Any] = {"frame": frame}
         if points is not None:
-            prompt["points"] = [_floats(p) for p in points]
+            prompt["points"] = [floats(p) for p in points]
             prompt["point_labels"] = [int(v) for v in labels] if labels is not None else [1] * len(points)
         if box is not None:
-            prompt["box"] = _floats(box)
+            prompt["box"] = floats(box)
         if object_id is not None:
             prompt["object_id"] = object_id
         return (yield from self._prompt(prompt))
@@ -120,7 +116,7 @@ class SessionBase(Bound):
         threshold: float | None = None,
     ) -> Op[Frame]:
         """Exemplar boxes ``[x1, y1, x2, y2]``: the instances like them on ``frame`` become tracked objects."""
-        prompt: dict[str, Any] = {"frame": frame, "boxes": [_floats(b) for b in boxes]}
+        prompt: dict[str, Any] = {"frame": frame, "boxes": [floats(b) for b in boxes]}
         prompt["box_labels"] = [int(v) for v in labels] if labels is not None else [1] * len(boxes)
         if text is not None:
             prompt["text"] = text
