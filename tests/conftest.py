@@ -152,6 +152,7 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
             "SERVER_HOST": "127.0.0.1",
             "SERVER_PORT": str(port),
             "METRICS_PORT": str(metrics_port),
+            "OMP_NUM_THREADS": "1",  # as launch_workers: in-process inference in the embedded default
             **env_overrides,
         }
         log_path = tmp_path / f"server-{port}.log"
@@ -233,6 +234,9 @@ def launch_workers(
     env = {
         **os.environ, "DATABASE_URL": _test_database_url(), "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent",
         "IMAGE_MODEL_DEVICE": "cpu",
+        # One torch thread: the tiny model gains nothing from more, and on 2 cores shared with the
+        # server and the tests a spinning thread pool slowed each frame ~10x (the README's advice).
+        "OMP_NUM_THREADS": "1",
         "WORKER_METRICS_PORT": str(metrics_port), "WORKER_HEARTBEAT_TIMEOUT_SECONDS": "4", **env_overrides,
     }
     log_path = log_dir / f"workers-{metrics_port}.log"
