@@ -36,6 +36,9 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(os.environ.get("STUDIO_SCREENSHOT_DIR", "/tmp/studio-screenshots"))
 VIEWPORT = {"width": 1366, "height": 800}  # a laptop screen
 FILL_ALPHA = round(0.45 * 255)  # render.js: FILL_ALPHA; outlines are opaque
+# The browser fixture lifts Django's async-safety check in this process; the servers and workers
+# the tests start keep it (pass this to them, whatever order fixtures were set up in).
+KEEP_ASYNC_CHECK = {"DJANGO_ALLOW_ASYNC_UNSAFE": ""}
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +63,10 @@ def browser() -> Iterator[Any]:
 class Server:
     url: str
     key: str
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
 
     def api(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
         headers = {"X-API-Key": key or self.key}
         return requests.request(method, f"{self.url}/api/v1/{path}", headers=headers, timeout=60, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
@@ -95,7 +93,8 @@ def embedded_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
         **os.environ, "DATABASE_URL": "", "REDIS_URL": "", "DJANGO_SECRET_KEY": "", "DATA_DIR": str(base / "var"),
         "UPLOAD_DIR": str(base / "uploads"), "OUTPUT_DIR": str(base / "outputs"), "SAM3_CHECKPOINT": str(tiny_checkpoint),
         "SAM3_BPE_PATH": "/nonexistent", "MAX_UPLOAD_SIZE_MB": "1",
-        "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",  # torch's idle threads would spin against the browser on a small machine
+        "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(free_port()), **KEEP_ASYNC_CHECK,
     }
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     key = subprocess.run(
@@ -107,7 +106,7 @@ def embedded_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
         [sys.executable, "manage.py", "serve", "--no-migrate"],
         cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    server = Server(f"http://127.0.0.1:{port}", key, process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", key)
     try:
         wait_until_ready(server.url, process, log_path)
         yield server

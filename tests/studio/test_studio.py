@@ -235,6 +235,24 @@ def test_video_session_propagates_every_frame_and_reopens_after_a_reload(embedde
     page.page.wait_for_selector(f"#object-list li[data-object='{clicked['object_id']}']")
     page.shot("clicked")
 
+    # A second click (right: negative) refines that object; Z takes it back: the server has no undo,
+    # so the page removes the object and rebuilds it from the first click, as a new object.
+    with page.page.expect_response(lambda r: r.url.endswith("/prompts/")) as refined:
+        page.click_picture(VIDEO_STAGE, 120, 100, (160, 120), button="right")
+    sent = refined.value.request.post_data_json
+    assert sent["object_id"] == clicked["object_id"] and sent["point_labels"] == [0]
+    with page.page.expect_response(lambda r: r.url.endswith("/remove-object/")) as removed, page.page.expect_response(
+        lambda r: r.url.endswith("/prompts/")
+    ) as rebuilt:
+        page.page.keyboard.press("z")
+    assert removed.value.request.post_data_json == {"object_id": clicked["object_id"]}
+    sent = rebuilt.value.request.post_data_json
+    assert "object_id" not in sent and sent["point_labels"] == [1] and np.allclose(sent["points"], [[30.5, 55.5]], atol=0.6)
+    object_id = rebuilt.value.json()["object_id"]
+    assert object_id != clicked["object_id"]
+    page.page.wait_for_selector(f"#object-list li[data-object='{object_id}']")
+    assert page.page.locator(f"#object-list li[data-object='{clicked['object_id']}']").count() == 0
+
     # Propagate and watch every frame arrive and be drawn.
     page.page.evaluate(
         """() => {
@@ -253,6 +271,7 @@ def test_video_session_propagates_every_frame_and_reopens_after_a_reload(embedde
 
     stored = embedded_server.api("GET", f"sessions/{session_id}/frames/", params={"limit": 100}).json()["results"]
     assert [result["frame"] for result in stored] == list(range(frames))
+    assert all([o["id"] for o in result["objects"]] == [object_id] for result in stored)
 
     def assert_frames_drawn(which: list[int]) -> None:
         for frame in which:
@@ -271,6 +290,15 @@ def test_video_session_propagates_every_frame_and_reopens_after_a_reload(embedde
     page.page.keyboard.press("ArrowLeft")  # the keyboard steps frames too
     page.page.wait_for_selector(f"{VIDEO_STAGE} .stage-masks[data-frame='{frames - 2}']")
 
+    # Playback: the video plays and each frame it presents gets its stored masks, to the last one.
+    page.page.keyboard.press("Home")
+    page.page.wait_for_selector(f"{VIDEO_STAGE} .stage-masks[data-frame='0']")
+    page.page.evaluate("() => { window.drawnFrames = []; }")
+    page.page.keyboard.press(" ")
+    page.page.wait_for_selector("#video-play[aria-pressed=false]", timeout=30_000)  # ended
+    played = page.page.evaluate("() => window.drawnFrames")
+    assert played[-1] == frames - 1 and played == sorted(played) and len(set(played)) >= frames // 2, played
+
     # Persistence: a reload reopens the session (its id is in the URL's fragment, the key in the tab).
     page.page.reload()
     page.page.wait_for_selector("#session-view:not([hidden])")
@@ -278,12 +306,18 @@ def test_video_session_propagates_every_frame_and_reopens_after_a_reload(embedde
     assert_frames_drawn([0, frames - 1])
     page.shot("reloaded")
 
-    # ...and so does the list of sessions, which shows what is stored.
+    # ...and so does the list of sessions, which shows what is stored. A live session (frames pushed
+    # by another client) is listed and can be closed, not opened: Studio has no live view yet.
+    live_id = embedded_server.api("POST", "sessions/", json={"live": True}).json()["id"]
     page.page.get_by_role("button", name="← All sessions").click()
     row = page.page.locator(f"tr[data-session='{session_id}']")
     row.wait_for()
     assert f"{frames} / {frames}" in row.inner_text() and "ready" in row.inner_text()
+    live_row = page.page.locator(f"tr[data-session='{live_id}']")
+    assert "live stream" in live_row.inner_text() and live_row.get_by_role("button", name="Open").count() == 0
     page.shot("sessions")
+    live_row.get_by_role("button", name="Close").click()
+    page.page.wait_for_selector(f"tr[data-session='{live_id}'][data-status=closed]")
     row.get_by_role("button", name="Open").click()
     page.page.wait_for_selector(f"{VIDEO_STAGE} .stage-masks[data-frame='0']")
     assert_frames_drawn([frames // 2])

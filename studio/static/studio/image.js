@@ -88,6 +88,20 @@ export class ImageTab {
     });
   }
 
+  /** Forgets the image and its results (signing out: the next user must not see them). */
+  leave() {
+    this.upload = null;
+    this.reply = null;
+    this.instances = [];
+    this.clearMarks();
+    $("#image-stage").hidden = true;
+    $("#image-empty").hidden = false;
+    $("#image-name").textContent = "";
+    $("#image-stats").textContent = "";
+    $("#text-prompts").value = "";
+    this.renderInstances();
+  }
+
   shortcut(event) {
     const key = event.key.toLowerCase();
     if (key === "p") this.setTool("point");

@@ -1,8 +1,8 @@
 // Studio's entry point: sign-in, the account panel, banners from /readyz, the tabs (routed by the
 // URL's #fragment: #image, #video, #video/<session id>) and the keyboard shortcuts.
 //
-// A tab is a class with show(argument) and shortcut(event); adding one (the live-video tab, once
-// the server has live sessions) is a module, a <section> in the template and an entry in TABS.
+// A tab is a class with show(argument), shortcut(event) and leave(). Adding one (the live-video tab,
+// once the server has live sessions) is a module, a <section> in the template and an entry in TABS.
 
 import { Api, tinyModelWarning } from "./api.js";
 import { ImageTab } from "./image.js";
@@ -99,7 +99,7 @@ class Studio {
   }
 
   signOut() {
-    this.tabs.video.leave();
+    for (const tab of Object.values(this.tabs)) tab.leave();
     this.api.forgetKey();
     this.me = null;
     hideError();
@@ -164,7 +164,7 @@ class Studio {
 
   keydown(event) {
     if (event.altKey || event.metaKey || (event.ctrlKey && event.key.toLowerCase() !== "z") || typing(event)) return;
-    if (event.key === "?") {
+    if (event.key === "?" || (event.key === "Escape" && !$("#help").hidden)) {
       this.toggleHelp();
       event.preventDefault();
       return;

@@ -11,6 +11,7 @@ import { Stage } from "./stage.js";
 import { $, el, formatBytes, guarded, hideError, setStatus } from "./ui.js";
 
 const FRAME_PAGE = 100; // stored results fetched per request
+const VIDEO_LOAD_TIMEOUT_MS = 20_000;
 const ENDED = new Set(["closed", "expired", "failed"]);
 const FIRST_CLICK_OBJECT_ID = 10000; // the server numbers clicked objects from here (text-found ones from 0)
 
@@ -66,6 +67,7 @@ export class VideoTab {
     this.recovered = false; // rebuilt on another worker since it was opened
     this.highlighted = null;
     this.playing = false;
+    this.playRun = 0;
     this.playable = false;
   }
 
@@ -116,11 +118,13 @@ export class VideoTab {
   // --- the list of sessions ---
 
   async show(sessionId = null) {
-    if (sessionId) {
-      if (this.session?.id !== sessionId) await this.open(sessionId);
-      return;
-    }
+    if (!sessionId) await this.showList();
+    else if (this.session?.id !== sessionId) await this.open(sessionId);
+  }
+
+  async showList() {
     this.leave();
+    setStatus("");
     $("#session-view").hidden = true;
     $("#session-browser").hidden = false;
     await guarded(async () => {
@@ -141,18 +145,19 @@ export class VideoTab {
       ...sessions.map((session) => {
         const video = this.uploads.get(session.video);
         const ended = ENDED.has(session.status);
+        const live = session.kind === "live"; // frames pushed by a client: no video to show here (yet)
         return el(
           "tr",
           { dataset: { session: session.id, status: session.status } },
           el("td", {}, el("code", { title: session.id }, session.id.slice(0, 8))),
           el("td", {}, el("span", { class: `badge status-${session.status}` }, session.status)),
-          el("td", {}, video ? video.original_name : "(deleted video)"),
+          el("td", {}, live ? "live stream" : video ? video.original_name : "(deleted video)"),
           el("td", { class: "number" }, `${session.frames_stored} / ${session.frame_count}`),
           el("td", {}, new Date(session.created_at).toLocaleString()),
           el(
             "td",
             { class: "actions" },
-            el("button", { type: "button", onclick: () => this.context.navigate(`video/${session.id}`), "aria-label": `Open session ${session.id.slice(0, 8)}` }, "Open"),
+            live ? null : el("button", { type: "button", onclick: () => this.context.navigate(`video/${session.id}`), "aria-label": `Open session ${session.id.slice(0, 8)}` }, "Open"),
             ended ? null : el("button", { type: "button", class: "danger", onclick: () => this.closeSession(session.id), "aria-label": `Close session ${session.id.slice(0, 8)}` }, "Close"),
           ),
         );
@@ -206,7 +211,11 @@ export class VideoTab {
     hideError();
     setStatus("Opening the session…");
     const session = await guarded(() => this.api.get(`sessions/${sessionId}/`));
-    if (!session) return;
+    if (!session || session.kind === "live") {
+      await this.showList(); // an error stays on screen above the list
+      if (session) setStatus("Live sessions cannot be opened in Studio yet.");
+      return;
+    }
     this.resetState();
     this.session = session;
     $("#session-browser").hidden = true;
@@ -226,24 +235,30 @@ export class VideoTab {
       });
       this.socket.connect();
     }
-    await this.loadVideo(session);
+    this.loadVideo(session); // the masks do not wait for the picture
     await this.showFrame(0);
     setStatus(ENDED.has(session.status) ? `This session is ${session.status}; only its record remains.` : "Click an object, draw an exemplar box or type a text prompt, then propagate.");
   }
 
-  /** The video itself, for the picture under the masks: fetched with the key, shown from a blob URL. */
+  /**
+   * The video itself, for the picture under the masks. A <video> cannot send the key, so the file
+   * is fetched with it and played from a blob: URL (the whole file is held in memory).
+   */
   async loadVideo(session) {
     const blob = await guarded(() => this.api.blob(`uploads/${session.video}/content/`));
     if (!blob || this.session !== session) return;
     this.videoUrl = URL.createObjectURL(blob);
     this.video.src = this.videoUrl;
-    this.playable = await new Promise((resolve) => {
+    const playable = await new Promise((resolve) => {
       this.video.addEventListener("loadeddata", () => resolve(true), { once: true });
       this.video.addEventListener("error", () => resolve(false), { once: true });
+      setTimeout(() => resolve(false), VIDEO_LOAD_TIMEOUT_MS);
     });
     if (this.session !== session) return;
-    if (this.playable) {
+    if (playable) {
+      this.playable = true;
       this.stage.setPicture(session.width, session.height, this.video);
+      this.video.currentTime = (this.current + 0.5) / session.fps; // then "seeked" draws the current frame
     } else {
       this.stage.drawPlaceholder(`This browser cannot play this video (${blob.type}); masks are shown on a blank frame.`);
     }
@@ -445,9 +460,10 @@ export class VideoTab {
     $("#video-play").textContent = "Pause";
     $("#video-play").setAttribute("aria-pressed", "true");
     if (this.current >= this.session.frame_count - 1) this.showFrame(0);
+    const run = ++this.playRun; // a callback chain of an earlier play() stops at once
     if (this.playable) {
       const onFrame = (now, metadata) => {
-        if (!this.playing) return;
+        if (!this.playing || run !== this.playRun) return;
         this.showFrame(Math.round(metadata.mediaTime * this.session.fps), { seek: false });
         this.prefetch();
         this.video.requestVideoFrameCallback(onFrame);
@@ -601,7 +617,7 @@ export class VideoTab {
     const session = this.session;
     this.resetState();
     this.session = session;
-    this.playable = this.video.readyState >= 2;
+    this.playable = Boolean(this.videoUrl) && this.video.readyState >= 2;
     setStatus("Every prompt and object is forgotten.");
     await this.showFrame(0);
   }
