@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
@@ -28,6 +29,7 @@ urlpatterns = [
     ),
     path("api-auth/", include("rest_framework.urls")),  # log in to the browsable API with an admin account
     path("studio/", include("studio.urls")),  # the web page that shows masks; it talks to the public API only
+    path("", RedirectView.as_view(url="/studio/", permanent=False)),
 ]
 
 handler400 = json_error_view(400, "bad_request", "The request is invalid.")

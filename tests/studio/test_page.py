@@ -37,3 +37,8 @@ def test_every_module_is_served_as_javascript_and_imports_only_its_siblings() ->
         for imported in re.findall(r'^import .* from "([^"]+)";$', path.read_text(), flags=re.MULTILINE):
             assert imported.startswith("./") and (STATIC / imported).is_file(), f"{path.name} imports {imported}"
     assert client.get("/static/studio/studio.css")["Content-Type"].startswith("text/css")
+
+
+def test_the_site_root_leads_to_studio() -> None:
+    response = Client().get("/")
+    assert response.status_code == 302 and response["Location"] == "/studio/"
