@@ -218,7 +218,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"PromptLabelEnum": [(0, 0), (1, 1)]},  # box and point labels: 1 positive, 0 negative
+    "ENUM_NAME_OVERRIDES": {
+        "PromptLabelEnum": [(0, 0), (1, 1)],  # box and point labels: 1 positive, 0 negative
+        "SessionKindEnum": "sessions.models.VideoSession.Kind",  # two fields named "kind": name each
+        "PromptKindEnum": "sessions.models.SessionPrompt.Kind",
+    },
 }
 
 REQUIRE_API_KEY = CONFIG.require_api_key
