@@ -23,7 +23,7 @@ import torch
 
 from .engine import Instances
 from .loader import LoadedSam3
-from .video import ConceptVideoSession, InteractiveVideoSession
+from .video import ConceptVideoSession, InteractiveVideoSession, LazyFrames
 
 KEEP_FRAMES = 8  # preprocessed frames kept for prompts naming a recent frame
 
@@ -32,14 +32,6 @@ def preprocess(loaded: LoadedSam3, frame: np.ndarray) -> torch.Tensor:
     """A uint8 RGB [H, W, 3] frame as the model's input tensor [3, S, S] (as LazyFrames does it)."""
     processed = loaded.video_processor.video_processor(videos=[frame[np.newaxis]], return_tensors="pt")
     return processed["pixel_values_videos"][0][0].to(dtype=loaded.dtype)
-
-
-def _forget_old_frames(frames: Any, newest: int, keep: int) -> None:
-    """Drop streamed frames older than the last ``keep``. LazyFrames keeps every frame assigned to
-    it (its ``_added``); its length stays the newest index + 1, which is all transformers asks."""
-    added: dict[int, torch.Tensor] = frames._added
-    for index in [i for i in added if i <= newest - keep]:
-        del added[index]
 
 
 class LiveStream:
@@ -96,33 +88,24 @@ class LiveStream:
             parts.append(self._interactive_step(self.interactive, index, tensor))
         for tracker in (self.concept, self.interactive):
             if tracker is not None:
-                frames: Any = tracker.session.processed_frames
+                frames: LazyFrames = tracker.session.processed_frames  # type: ignore[assignment]  # set so by the session classes
                 frames[index] = tensor  # an idle tracker keeps it too: a prompt may name this frame
-                _forget_old_frames(frames, index, self.keep_frames)
+                frames.forget_before(index - self.keep_frames + 1)
         return index, parts
 
     def _concept_step(self, concept: ConceptVideoSession, index: int, tensor: torch.Tensor) -> Instances:
         with torch.inference_mode():
             output = self.loaded.model(inference_session=concept.session, frame=tensor, frame_idx=index)
-            if concept.bound is not None:
-                concept.bound.after_frame(index, reverse=False)
-            processed = self.loaded.video_processor.postprocess_outputs(concept.session, output)
-        object_ids = processed["object_ids"]
-        labels = {obj_id: text for text, ids in processed["prompt_to_obj_ids"].items() for obj_id in ids}
-        return Instances(
-            scores=processed["scores"].float().cpu(),
-            boxes=processed["boxes"].float().cpu(),
-            masks=processed["masks"],
-            object_ids=object_ids.cpu(),
-            labels=[labels[int(i)] for i in object_ids.tolist()],
-        )
+        if concept.bound is not None:
+            concept.bound.after_frame(index, reverse=False)
+        return concept.instances(output)
 
     def _interactive_step(self, interactive: InteractiveVideoSession, index: int, tensor: torch.Tensor) -> Instances:
         with torch.inference_mode():
             output = self.loaded.tracker(inference_session=interactive.session, frame=tensor, frame_idx=index)
         if interactive.bound is not None:
             interactive.bound.after_frame(index, reverse=False)
-        return interactive._frame_instances(output)  # the session's own post-processing (private there)
+        return interactive.frame_instances(output)
 
     def close(self) -> None:
         self.concept = None

@@ -76,6 +76,11 @@ class LazyFrames(Mapping[int, torch.Tensor]):
     def __setitem__(self, index: int, value: torch.Tensor) -> None:  # streamed frames
         self._added[index] = value
 
+    def forget_before(self, index: int) -> None:
+        """Drop streamed frames before ``index`` (the length stays: transformers only asks that)."""
+        for old in [i for i in self._added if i < index]:
+            del self._added[old]
+
     def __getitem__(self, index: int) -> torch.Tensor:
         if index in self._added:
             return self._added[index]
@@ -234,18 +239,22 @@ class ConceptVideoSession:
         ):
             if self.bound is not None:
                 self.bound.after_frame(int(output.frame_idx), reverse)
-            with torch.inference_mode():
-                processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
-            object_ids = processed["object_ids"]
-            labels = {obj_id: text for text, ids in processed["prompt_to_obj_ids"].items() for obj_id in ids}
-            masks = processed["masks"]
-            yield int(output.frame_idx), Instances(
-                scores=processed["scores"].float().cpu(),
-                boxes=processed["boxes"].float().cpu(),
-                masks=masks,
-                object_ids=object_ids.cpu(),
-                labels=[labels[int(i)] for i in object_ids.tolist()],
-            )
+            yield int(output.frame_idx), self.instances(output)
+
+    def instances(self, output: Any) -> Instances:
+        """One frame's output of the model as ``Instances``: ``object_ids`` and ``labels`` (the
+        prompt text that found each object) identify the objects."""
+        with torch.inference_mode():
+            processed = self.loaded.video_processor.postprocess_outputs(self.session, output)
+        object_ids = processed["object_ids"]
+        labels = {obj_id: text for text, ids in processed["prompt_to_obj_ids"].items() for obj_id in ids}
+        return Instances(
+            scores=processed["scores"].float().cpu(),
+            boxes=processed["boxes"].float().cpu(),
+            masks=processed["masks"],
+            object_ids=object_ids.cpu(),
+            labels=[labels[int(i)] for i in object_ids.tolist()],
+        )
 
 
 # --------------------------------------------------------------------------- interactive sessions
@@ -334,7 +343,7 @@ class InteractiveVideoSession:
     def object_ids(self) -> list[int]:
         return list(self.session.obj_ids)
 
-    def _frame_instances(self, output: Sam3TrackerVideoSegmentationOutput) -> Instances:
+    def frame_instances(self, output: Sam3TrackerVideoSegmentationOutput) -> Instances:
         # Optional in the output class, always set by the tracker's forward.
         assert output.pred_masks is not None and output.object_score_logits is not None
         height, width = self._frames.size
@@ -352,7 +361,7 @@ class InteractiveVideoSession:
             output = self.loaded.tracker(inference_session=self.session, frame_idx=frame_index)
         if self.bound is not None:
             self.bound.after_frame(frame_index, reverse=False)
-        return self._frame_instances(output)
+        return self.frame_instances(output)
 
     def add_prompt(
         self,
@@ -465,4 +474,4 @@ class InteractiveVideoSession:
             ):
                 if self.bound is not None:
                     self.bound.after_frame(int(output.frame_idx), reverse)
-                yield int(output.frame_idx), self._frame_instances(output)
+                yield int(output.frame_idx), self.frame_instances(output)
