@@ -138,6 +138,7 @@ class OpenLive:
 
     store: bool = False  # keep every computed frame's result (the REST frames API) as propagation does
     mask_format: Literal["rle", "polygons", "png", "none"] = "rle"
+    source_url: str | None = None  # frames read from this stream by the worker (inference.stream_urls), not pushed
     op: Literal["open_live"] = "open_live"
 
 
@@ -211,6 +212,8 @@ class StatusEvent:
     lost_worker: str | None = None
     recovered: bool | None = None
     message: str | None = None
+    stream: Literal["connected", "reconnecting"] | None = None  # stream URL sessions: the reader's connection
+    attempt: int | None = None  # reconnecting: which attempt is next
 
     def to_message(self) -> dict[str, Any]:
         return {"type": "status", **_without_none(self)}
@@ -260,7 +263,7 @@ class LiveFrameEvent:
 
 @dataclass(frozen=True)
 class LiveFrameError:
-    """A pushed frame that could not be computed (not decodable, a different size...); the stream goes on."""
+    """A pushed (or read) frame that could not be computed (not decodable, a different size...); the stream goes on."""
 
     seq: int
     code: str

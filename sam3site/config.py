@@ -131,6 +131,13 @@ class Config(BaseSettings):
         "set real keys or []. The embedded default keeps the examples and warns in the log and /readyz.",
     )
     cors_origins_list: list[str] = Field(["*"], description='Allowed CORS origins, as a JSON list; ["*"] allows any.')
+    stream_url_allowlist: list[str] = Field(
+        [],
+        description="Hosts and networks that live sessions' stream URLs may reach although they are not public, as a "
+        'JSON list of host names, addresses or CIDRs, e.g. ["camera.lan", "10.1.2.0/24"]. Otherwise a source_url is '
+        "refused unless every address its host resolves to is global (not loopback, link-local or the 169.254.169.254 "
+        "metadata service, private, unique-local, multicast, reserved or unspecified); redirects are checked the same way.",
+    )
 
     # --- rate limiting ---
     rate_limit_enabled: bool = Field(True, description="Per-client rate limiting.")

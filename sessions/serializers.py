@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from inference.jobs import MASK_FORMATS
+from inference.stream_urls import MAX_URL_LENGTH, redact
 from sam3site.schema import paginated
 from segmentation.serializers import PromptSerializer
 from sessions.models import SessionPrompt, VideoSession
@@ -28,6 +29,12 @@ class VideoSessionSerializer(serializers.ModelSerializer):
         )
         read_only_fields: tuple[str, ...] = fields
 
+    def to_representation(self, instance: VideoSession) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if isinstance(data.get("live"), dict) and data["live"].get("source_url"):  # stored whole, shown without credentials
+            data["live"] = {**data["live"], "source_url": redact(data["live"]["source_url"])}
+        return data
+
 
 class VideoSessionDetailSerializer(VideoSessionSerializer):
     prompts = SessionPromptSerializer(many=True, read_only=True)
@@ -46,10 +53,17 @@ class SessionCreateSerializer(serializers.Serializer):
         default=False, help_text="Live: keep every computed frame's result, for GET /api/v1/sessions/<id>/frames/ afterwards.",
     )
     mask_format = serializers.ChoiceField(choices=MASK_FORMATS, default="rle", help_text="Live: the masks' format in frame events.")
+    source_url = serializers.CharField(
+        required=False, max_length=MAX_URL_LENGTH, trim_whitespace=True,
+        help_text="Live: read the frames from this stream (rtsp://, rtmp://, http(s):// MP4, HLS or MJPEG) on the server "
+        "instead of pushing them. Public addresses only, unless listed in STREAM_URL_ALLOWLIST; credentials are never shown.",
+    )
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data["live"] == ("video" in data):
             raise serializers.ValidationError({"video": "Give a video, or live: true for a live session (not both)."})
+        if "source_url" in data and not data["live"]:
+            raise serializers.ValidationError({"source_url": "A stream URL makes a live session: give live: true."})
         return data
 
 

@@ -18,6 +18,7 @@ from django.utils import timezone
 from loguru import logger
 
 from inference.messages import StatusEvent
+from inference.stream_urls import resolve_redirects
 from sessions import events
 from sessions.models import FrameResult, SessionPrompt, VideoSession
 
@@ -43,6 +44,14 @@ def session_set_status(
     if status in (VideoSession.Status.CLOSED, VideoSession.Status.EXPIRED):
         updates["closed_at"] = timezone.now()
     return VideoSession.objects.filter(pk=session_id, status__in=list(from_statuses)).update(**updates) == 1
+
+
+def stream_url_check(*, url: str) -> str:
+    """A live session's stream URL, once it and every redirect it leads through are allowed (SSRF);
+    InvalidInput (400 ``stream_url_refused``, ``unsupported_scheme``...) otherwise. The worker checks
+    again before each connection: DNS and redirects may change meanwhile."""
+    resolve_redirects(url, settings.CONFIG.stream_url_allowlist)
+    return url.strip()
 
 
 def prompt_log_append(*, session: VideoSession, kind: str, frame_index: int | None, payload: dict[str, Any]) -> SessionPrompt:

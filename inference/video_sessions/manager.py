@@ -10,6 +10,7 @@ Session records are reached through :class:`inference.session_store.SessionStore
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -42,9 +43,10 @@ from inference.messages import (
 )
 from inference.runtime.video import set_temporal_disambiguation
 from inference.runtime_process import ModelRuntime
-from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, ReplayPlan, session_store
+from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, STARTING, ReplayPlan, session_store
 from inference.video_sessions.encoding import frame_payload
 from inference.video_sessions.live import FrameObjects, LiveSession
+from inference.video_sessions.stream_reader import StreamReader
 from inference.video_sessions.streaming import FramePump, MemorySlots, RedisSlots, StreamSession, live_frame_event
 from inference.video_sessions.writer import ResultWriter
 from sam3site import redis_clients
@@ -52,6 +54,7 @@ from sam3site.errors import Conflict, InvalidInput, NotFound
 
 WATCHDOG_SECONDS = 0.5  # with the 1 s heartbeat and its 4 s timeout: a lost worker is noticed within 5 s
 PROGRESS_EVERY_FRAMES = 5
+DRAIN_SECONDS = 10.0  # an ended stream's last frame is answered before the session ends, if it comes this soon
 
 _manager: SessionManager | None = None
 
@@ -60,6 +63,7 @@ class SessionManager:
     def __init__(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
         self.live: dict[str, LiveSession | StreamSession] = {}
+        self.answered: dict[str, int] = {}  # live sessions: the last seq answered (computed or refused)
         self.writer = ResultWriter()
         # Live sessions' frames: left by the web in slots (Redis, or this process's memory on the embedded default).
         self.slots = RedisSlots(runtime.queue) if runtime.queue is not None else MemorySlots()
@@ -108,11 +112,15 @@ class SessionManager:
             return {"frame_count": opened.frame_count if isinstance(opened, LiveSession) else 0}
         if isinstance(command, OpenLive):
             if session_id not in self.live:
-                self.live[session_id] = StreamSession(self._loaded(), store=command.store, mask_format=command.mask_format)
+                opened = self.live[session_id] = StreamSession(self._loaded(), store=command.store, mask_format=command.mask_format)
+                if command.source_url:
+                    opened.reader = self._stream_reader(session_id, command.source_url)
+                    opened.reader.start()
             return {"frame_count": 0}
         if isinstance(command, CloseSession):
             live = self.live.pop(session_id, None)
             self.slots.discard(session_id)
+            self.answered.pop(session_id, None)
             if live is not None:
                 live.cancel.set()
                 live.close()
@@ -166,9 +174,33 @@ class SessionManager:
             store.publish(session_id, live_frame_event(result))
 
         self.writer.submit(write)
+        self.answered[session_id] = result["seq"]
+
+    def _stream_reader(self, session_id: str, url: str) -> StreamReader:
+        def publish(event: dict[str, Any]) -> None:
+            self.writer.submit(lambda: session_store().publish(session_id, event))
+
+        def end(status: str, message: str, last_seq: int | None) -> None:
+            deadline = time.monotonic() + DRAIN_SECONDS  # the frames read are answered before the end is told
+            while last_seq is not None and self.answered.get(session_id, -1) < last_seq and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+            def write() -> None:
+                store = session_store()
+                if store.set_status(session_id=session_id, status=status, error=message, from_statuses=[STARTING, READY]):
+                    store.publish(session_id, StatusEvent(status, message=message).to_message())
+
+            self.writer.submit(write)
+            self.execute(SessionMessage(session_id, CloseSession()))
+
+        return StreamReader(
+            session_id, url, allowlist=settings.CONFIG.stream_url_allowlist,
+            put=lambda frame: self.slots.put(session_id, frame), publish=publish, end=end,
+        )
 
     def _refuse_live_frame(self, session_id: str, error: LiveFrameError) -> None:
         self.writer.submit(lambda: session_store().publish(session_id, error.to_message()))
+        self.answered[session_id] = error.seq
 
     def _prompt(self, live: LiveSession, prompt: VideoPrompt) -> dict[str, Any]:
         try:

@@ -23,13 +23,14 @@ import cv2
 import numpy as np
 from loguru import logger
 
-from inference.live_frames import TAKE_SCRIPT, LiveFrame, frame_from_slot, ready_key, slot_key
+from inference.live_frames import PUSH_SCRIPT, SLOT_SECONDS, TAKE_SCRIPT, LiveFrame, frame_from_slot, frame_meta, ready_key, slot_key
 from inference.masks import encode_masks
 from inference.messages import LiveFrameError, LiveFrameEvent, VideoPrompt
 from inference.runtime.engine import Instances, check_text_prompt
 from inference.runtime.loader import LoadedSam3
 from inference.runtime.streaming import KEEP_FRAMES, LiveStream
 from inference.video_sessions.live import INTERACTIVE_ID_BASE, KEEP_HISTORY_FRAMES
+from inference.video_sessions.stream_reader import StreamReader
 from sam3site import redis_clients
 from sam3site.errors import Conflict, InvalidInput, NotFound
 
@@ -74,6 +75,7 @@ class StreamSession:
         self.frame_of_seq: OrderedDict[int, int] = OrderedDict()  # recent computed frames' seq -> model frame index
         self.next_object_id = INTERACTIVE_ID_BASE
         self.cancel = threading.Event()  # the manager sets it on close; nothing runs long here
+        self.reader: StreamReader | None = None  # a stream URL session's frames (else the client pushes them)
 
     def push(self, frame: LiveFrame, image: np.ndarray) -> dict[str, Any]:
         """Compute one pushed frame; its result as the client receives it."""
@@ -163,6 +165,8 @@ class StreamSession:
             self.stream.interactive = None
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
         if self.stream is not None:
             self.stream.close()
 
@@ -176,6 +180,10 @@ class FrameSlots(Protocol):
         ...
 
     def take(self, session_id: str) -> LiveFrame | None: ...
+
+    def put(self, session_id: str, frame: LiveFrame) -> int | None:
+        """Leave a frame (a stream URL's, read on this worker); the seq of the untaken frame it replaced."""
+        ...
 
     def discard(self, session_id: str) -> None: ...
 
@@ -216,6 +224,12 @@ class RedisSlots:
 
     def __init__(self, worker_queue: str) -> None:
         self._ready_key = ready_key(worker_queue)
+
+    def put(self, session_id: str, frame: LiveFrame) -> int | None:
+        replaced = redis_clients.client().eval(
+            PUSH_SCRIPT, 2, slot_key(session_id), self._ready_key, frame.seq, frame_meta(frame), frame.image, SLOT_SECONDS, session_id,
+        )
+        return None if replaced is None else int(replaced)
 
     def wait_ready(self, timeout: float) -> str | None:
         found = redis_clients.client(timeout=timeout + 5).blpop([self._ready_key], timeout=timeout)

@@ -1,0 +1,146 @@
+"""Stream URLs of live sessions: which ones the server may connect to (SSRF), and their redacted form (web-safe).
+
+A URL is accepted when its scheme is one the worker reads (rtsp, rtsps, rtmp, rtmps, http, https)
+and every address its host resolves to is global: not loopback, link-local (169.254.169.254, the
+cloud metadata service, included), private, unique-local, multicast, reserved or unspecified.
+``STREAM_URL_ALLOWLIST`` names hosts, addresses or networks accepted nevertheless (a camera on the
+LAN). The web checks at creation, the worker again before every connection.
+
+http(s) redirects are followed here, not by ffmpeg: :func:`resolve_redirects` asks with
+``allow_redirects=False`` and checks every ``Location`` before following it; the worker hands
+ffmpeg the final URL. What is left to trust: the final server answering ffmpeg as it answered the
+check (a redirect then would be followed by ffmpeg), DNS answering the same twice, and the segment
+URLs of an HLS playlist (fetched by ffmpeg, unchecked). Documented in docs/video-sessions.md.
+
+Credentials in a URL (``rtsp://user:pass@camera/...``) are used, never shown: messages and logs
+carry :func:`redact`'s form, and text from libraries goes through :func:`scrub`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import SplitResult, urljoin, urlsplit
+
+import requests
+
+from sam3site.errors import InvalidInput
+
+SCHEMES = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
+MAX_URL_LENGTH = 2048
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+CHECK_TIMEOUT_SECONDS = 5.0
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class StreamUrlRefused(InvalidInput):
+    code = "stream_url_refused"
+
+
+def redact(url: str) -> str:
+    """The URL with its user name and password replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. an exception's message, which may quote the URL) without the URL's credentials."""
+    parts = urlsplit(url)
+    text = text.replace(url, redact(url))
+    for secret in (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else "", parts.password or ""):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _allowlist(entries: list[str]) -> tuple[set[str], list[IPNetwork]]:
+    hosts: set[str] = set()
+    networks: list[IPNetwork] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            hosts.add(entry.strip().lower().rstrip("."))
+    return hosts, networks
+
+
+def address_is_public(address: IPAddress) -> bool:
+    """True for addresses on the public internet; False for every range a server must not be led to."""
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+    if mapped is not None:
+        address = mapped
+    return address.is_global and not (
+        address.is_loopback or address.is_link_local or address.is_private or address.is_multicast
+        or address.is_reserved or address.is_unspecified
+    )
+
+
+def _parse(url: str) -> SplitResult:
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidInput(f"A stream URL is at most {MAX_URL_LENGTH} characters.", code="invalid_stream_url")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise InvalidInput("The stream URL is not a valid URL.", code="invalid_stream_url") from None
+    if parts.scheme.lower() not in SCHEMES:
+        raise InvalidInput(
+            f"Stream URLs are {', '.join(f'{s}://' for s in SCHEMES)}; not {parts.scheme or 'this'}.",
+            code="unsupported_scheme", detail={"schemes": sorted(SCHEMES)},
+        )
+    if not parts.hostname:
+        raise InvalidInput("The stream URL names no host.", code="invalid_stream_url")
+    return parts
+
+
+def check_stream_url(url: str, allowlist: list[str]) -> str:
+    """``url`` when the server may connect to it; :class:`StreamUrlRefused` (or InvalidInput) otherwise."""
+    parts = _parse(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    hosts, networks = _allowlist(allowlist)
+    if host in hosts:
+        return url
+    try:
+        infos = socket.getaddrinfo(host, parts.port or SCHEMES[parts.scheme.lower()], type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InvalidInput(f"The stream URL's host {host} does not resolve.", code="stream_url_unresolvable") from None
+    addresses = {ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos}
+    refused = sorted(
+        str(a) for a in addresses if not any(a in network for network in networks) and not address_is_public(a)
+    )
+    if refused or not addresses:
+        raise StreamUrlRefused(
+            f"The stream URL's host {host} resolves to addresses the server does not connect to ({', '.join(refused)}): "
+            "loopback, link-local, private and other non-public ranges are refused unless listed in STREAM_URL_ALLOWLIST.",
+            detail={"host": host, "addresses": refused},
+        )
+    return url
+
+
+def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
+    """The URL an http(s) ``url`` leads to, every hop checked before it is contacted; others as given.
+
+    Raises StreamUrlRefused for a hop to a refused host, InvalidInput(``stream_url_unreachable``)
+    when the server cannot be asked or answers with an error, or redirects too often."""
+    check_stream_url(url, allowlist)
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        return url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            with requests.get(url, stream=True, allow_redirects=False, timeout=timeout) as response:  # headers only
+                status, location = response.status_code, response.headers.get("Location")
+        except requests.RequestException as error:
+            raise InvalidInput(
+                f"The stream URL {redact(url)} could not be reached: {scrub(str(error), url)}", code="stream_url_unreachable",
+            ) from None
+        if status not in REDIRECT_STATUSES or not location:
+            if status >= 400:
+                raise InvalidInput(f"The stream URL {redact(url)} answered HTTP {status}.", code="stream_url_unreachable")
+            return url
+        url = check_stream_url(urljoin(url, location), allowlist)
+    raise InvalidInput(f"The stream URL redirects more than {MAX_REDIRECTS} times.", code="stream_url_unreachable")
