@@ -45,10 +45,12 @@ from sam3_client.errors import (
     SessionRecovering,
     UnsupportedMedia,
 )
+from sam3_client.live import AsyncLive, Live
 from sam3_client.masks import Mask
 from sam3_client.models import (
     Frame,
     Instance,
+    LiveFrame,
     Me,
     PromptResult,
     Propagation,
@@ -62,9 +64,9 @@ from sam3_client.overlay import draw_overlay
 from sam3_client.sessions import AsyncSession, Session
 
 __all__ = [
-    "APIConnectionError", "APIError", "APITimeoutError", "AsyncClient", "AsyncSession", "AsyncSessions", "AsyncStream",
+    "APIConnectionError", "APIError", "APITimeoutError", "AsyncClient", "AsyncLive", "AsyncSession", "AsyncSessions", "AsyncStream",
     "AsyncUploads", "AuthenticationError", "BadRequest", "Client", "Conflict", "DeadlineExceeded", "Frame", "Gone",
-    "Instance", "InvalidFile", "InvalidPrompt", "Mask", "Me", "ModelUnavailable", "NotFound", "Overloaded",
+    "Instance", "InvalidFile", "InvalidPrompt", "Live", "LiveFrame", "Mask", "Me", "ModelUnavailable", "NotFound", "Overloaded",
     "PayloadTooLarge", "PermissionDenied", "PromptResult", "Propagation", "PropagationFailed", "PropagationStalled",
     "QuotaExceeded", "RateLimited", "RetryPolicy", "Sam3Error", "SegmentResult", "ServerError", "ServiceUnavailable",
     "Session", "SessionBusy", "SessionEnded", "SessionInfo", "SessionRecovering", "Sessions", "SyncStream", "Timings",

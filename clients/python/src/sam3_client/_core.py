@@ -142,8 +142,10 @@ class SocketClosed:
 
 @dataclass(frozen=True)
 class SendText:
+    """Send a message: text, or bytes as a binary message."""
+
     socket: Socket
-    text: str
+    text: str | bytes
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from sam3_client._core import (
     stream,
 )
 from sam3_client.config import ClientConfig, RetryPolicy
+from sam3_client.live import AsyncLive, Live, LiveRun
 from sam3_client.masks import MaskFormat
 from sam3_client.media import ImageSource, UploadRef, VideoSource, encode_png, resolve, sha256_of
 from sam3_client.models import Me, SegmentResult, SessionInfo, Upload, floats
@@ -155,6 +156,18 @@ class ClientBase(Bound):
             body = yield from self._json("POST", "segment/", json={"image": target.id, "prompts": built, **options})
         return SegmentResult.from_json(body, mask_format)
 
+    def _live(self, source: Any, text: str | None, mask_format: MaskFormat, fps: float | None, store: bool) -> LiveRun:
+        """Live video (``live()`` on :class:`Client` and :class:`AsyncClient`): ``source`` is a
+        ``cv2.VideoCapture``-like object (``read()`` giving BGR images), a video file (decoded with
+        PyAV) or an iterable of RGB uint8 arrays; its frames go to a new live session as JPEG, at ``fps``
+        (a camera's pace: the server drops frames it cannot keep up with) or, by default, each as soon
+        as the previous one is answered. Yields each computed frame's objects (:class:`LiveFrame`);
+        frames the server dropped are in ``.skipped``, refused ones in ``.errors``. ``text`` (and
+        ``.prompt()`` at any time) adds a phrase to track. The session is closed when the loop ends
+        or is left, except with ``store=True``: then its stored results stay readable
+        (``sessions.get(live.session_id).frames()``) until you close it. Needs ``sam3-client[live]``."""
+        return LiveRun(source, text=text, mask_format=mask_format, fps=fps, store=store, result_timeout=self._config.timeout)
+
 
 class UploadsBase(Bound):
     """Your uploaded images and videos."""
@@ -267,6 +280,15 @@ class Client(ClientBase, SyncBound):
         self.uploads = Uploads(config, self._driver)
         self.sessions = Sessions(config, self._driver)
 
+    def live(
+        self, source: Any, *, text: str | None = None, mask_format: MaskFormat = "rle", fps: float | None = None,
+        store: bool = False,
+    ) -> Live:
+        run = self._live(source, text, mask_format, fps, store)
+        return Live(run, self._driver.iterate(run.stream(self)))
+
+    live.__doc__ = ClientBase._live.__doc__
+
     def close(self) -> None:
         self._driver.close()
 
@@ -291,6 +313,15 @@ class AsyncClient(ClientBase, AsyncBound):
         self._driver = AsyncDriver(config)
         self.uploads = AsyncUploads(config, self._driver)
         self.sessions = AsyncSessions(config, self._driver)
+
+    def live(
+        self, source: Any, *, text: str | None = None, mask_format: MaskFormat = "rle", fps: float | None = None,
+        store: bool = False,
+    ) -> AsyncLive:
+        run = self._live(source, text, mask_format, fps, store)
+        return AsyncLive(run, self._driver.iterate(run.stream(self)))
+
+    live.__doc__ = ClientBase._live.__doc__
 
     async def close(self) -> None:
         await self._driver.close()

@@ -212,6 +212,30 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class LiveFrame:
+    """One computed frame of a live session: ``seq`` is the number the client gave it, ``frame`` counts
+    the frames computed (0, 1, 2...), ``ts`` echoes the time it was sent (unix seconds)."""
+
+    seq: int
+    frame: int
+    ts: float | None
+    objects: list[TrackedObject]
+    masks_omitted: bool = False  # the client fell more than 64 frames behind in acknowledging
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def object(self, object_id: int) -> TrackedObject | None:
+        return next((o for o in self.objects if o.id == object_id), None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], mask_format: MaskFormat, height: int, width: int) -> LiveFrame:
+        objects = [
+            TrackedObject(int(o["id"]), float(o["score"]), _box(o["box"]), Mask(o.get("mask"), mask_format, height, width), o.get("label"))
+            for o in data["objects"]
+        ]
+        return cls(int(data["seq"]), int(data["frame"]), data.get("ts"), objects, bool(data.get("masks_omitted")), data)
+
+
+@dataclass(frozen=True)
 class Leg:
     """One pass of a propagation: frames ``first``, ``first ± 1``, … (``max_frames`` after it; None: to the end)."""
 

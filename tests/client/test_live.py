@@ -1,0 +1,111 @@
+"""``client.live()`` against the Postgres/Redis deployment (daphne + a Celery model worker with the
+tiny SAM3): a video file, a cv2 capture and numpy arrays streamed to live sessions, blocking and
+asyncio; every frame answered once, prompts mid-stream, masks as pycocotools decodes them, the
+session closed when the loop ends or is left."""
+
+from __future__ import annotations
+
+import asyncio
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+from sam3_client import AsyncClient, Client, LiveFrame
+
+from tests.client.test_deployment import served
+from tests.conftest import launch_workers, mp4_bytes
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+FRAMES = 12
+CLICK = [[20.0, 20.0]]
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup, tiny_checkpoint, tmp_path_factory):
+    """One model worker on one thread (see test_deployment.py)."""
+    workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint, OMP_NUM_THREADS="1")
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture
+def server(deployment_server, worker):
+    return deployment_server
+
+
+@pytest.fixture
+def video(tmp_path):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(mp4_bytes(frames=FRAMES))
+    return path
+
+
+def check_results(results: list[LiveFrame], skipped: list[int], sent: int, clicked_from: int) -> None:
+    """Every frame sent answered once, in order; the clicked object's masks are what pycocotools decodes."""
+    seqs = [r.seq for r in results]
+    assert sent == FRAMES and seqs == sorted(seqs) and sorted(seqs + skipped) == list(range(FRAMES))
+    assert [r.frame for r in results] == list(range(len(results)))  # the server's count of computed frames
+    tracked = [o for r in results if r.seq > clicked_from for o in r.objects if o.id >= 10_000]
+    assert tracked, "the clicked object is tracked on the frames after the click"
+    for obj in tracked:
+        assert obj.mask.format == "rle" and obj.mask.array.shape == (48, 64)
+        expected = coco_mask.decode({**obj.mask.raw, "counts": obj.mask.raw["counts"].encode()}).astype(bool)
+        assert np.array_equal(obj.mask.array, expected)
+
+
+def test_a_video_file_streamed_live_with_prompts_mid_stream(server, alice, video) -> None:
+    with Client(server.url, alice.key) as client:
+        live = client.live(video, text="dog")
+        results: list[LiveFrame] = []
+        for result in live:
+            results.append(result)
+            if result.seq == 1:  # a click on a computed frame, named by its seq
+                live.prompt(seq=1, points=CLICK)
+            if result.seq == 2:
+                live.prompt(text="cat")
+        check_results(results, live.skipped, live.sent, clicked_from=1)
+        assert live.errors == {} and live.texts == ["dog", "cat"]
+        assert all(o.label in ("dog", "cat") for r in results for o in r.objects if o.id < 10_000)
+        assert live.session_id is not None and client.sessions.get(live.session_id).status == "closed"
+        assert served(server, "DELETE", f"/api/v1/sessions/{live.session_id}/", 204) == 1
+
+
+def test_async_live_from_arrays_and_leaving_early_closes_the_session(server, alice, video) -> None:
+    capture = cv2.VideoCapture(str(video))  # BGR frames, turned into RGB arrays for the async run
+    arrays = []
+    while (read := capture.read())[0]:
+        arrays.append(read[1][..., ::-1].copy())
+    capture.release()
+
+    async def run() -> None:
+        async with AsyncClient(server.url, alice.key) as client:
+            async with client.live(arrays) as live:
+                results = []
+                async for result in live:
+                    results.append(result)
+                    if result.seq == 0:
+                        live.prompt(seq=0, points=CLICK)
+            check_results(results, live.skipped, live.sent, clicked_from=0)
+            assert live.session_id is not None and (await client.sessions.get(live.session_id)).status == "closed"
+
+            async with client.live(arrays, fps=50) as paced:  # a camera's pace; left after two frames
+                async for result in paced:
+                    if result.frame == 1:
+                        break
+            assert paced.session_id is not None and (await client.sessions.get(paced.session_id)).status == "closed"
+
+    asyncio.run(run())
+
+
+def test_a_capture_kept_with_store(server, alice, video) -> None:
+    with Client(server.url, alice.key) as client:
+        capture = cv2.VideoCapture(str(video))
+        with client.live(capture, store=True) as live:
+            results = list(live)
+        assert sorted([r.seq for r in results] + live.skipped) == list(range(FRAMES))
+        assert live.session_id is not None
+        with client.sessions.get(live.session_id) as session:  # open until its owner closes it
+            assert session.status == "ready" and session.info.kind == "live"
+            assert [f.frame for f in session.frames()] == [r.frame for r in results]
+        assert session.status == "closed"
