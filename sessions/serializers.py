@@ -60,10 +60,10 @@ class SessionCreateSerializer(serializers.Serializer):
     )
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if data["live"] == ("video" in data):
-            raise serializers.ValidationError({"video": "Give a video, or live: true for a live session (not both)."})
         if "source_url" in data and not data["live"]:
             raise serializers.ValidationError({"source_url": "A stream URL makes a live session: give live: true."})
+        if data["live"] == ("video" in data):
+            raise serializers.ValidationError({"video": "Give a video, or live: true for a live session (not both)."})
         return data
 
 

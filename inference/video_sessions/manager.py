@@ -43,7 +43,7 @@ from inference.messages import (
 )
 from inference.runtime.video import set_temporal_disambiguation
 from inference.runtime_process import ModelRuntime
-from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, STARTING, ReplayPlan, session_store
+from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, ReplayPlan, session_store
 from inference.video_sessions.encoding import frame_payload
 from inference.video_sessions.live import FrameObjects, LiveSession
 from inference.video_sessions.stream_reader import StreamReader
@@ -181,16 +181,27 @@ class SessionManager:
             self.writer.submit(lambda: session_store().publish(session_id, event))
 
         def end(status: str, message: str, last_seq: int | None) -> None:
-            deadline = time.monotonic() + DRAIN_SECONDS  # the frames read are answered before the end is told
+            """On the reader's thread: once the frames read are answered, end the session (compare-and-set
+            from ready; a session still being opened becomes ready within moments, so that is waited for)."""
+            deadline = time.monotonic() + DRAIN_SECONDS
             while last_seq is not None and self.answered.get(session_id, -1) < last_seq and time.monotonic() < deadline:
                 time.sleep(0.05)
+            while True:
+                moved: Future = Future()  # the writer ends it: after the frames it is publishing
 
-            def write() -> None:
-                store = session_store()
-                if store.set_status(session_id=session_id, status=status, error=message, from_statuses=[STARTING, READY]):
-                    store.publish(session_id, StatusEvent(status, message=message).to_message())
+                def write(moved: Future = moved) -> None:
+                    store = session_store()
+                    moved.set_result(store.set_status(session_id=session_id, status=status, error=message, from_statuses=[READY]))
+                    if moved.result():
+                        store.publish(session_id, StatusEvent(status, message=message).to_message())
 
-            self.writer.submit(write)
+                self.writer.submit(write)
+                try:
+                    if moved.result(timeout=DRAIN_SECONDS) or time.monotonic() > deadline:
+                        break
+                except TimeoutError:  # the write failed (logged by the writer)
+                    break
+                time.sleep(0.1)
             self.execute(SessionMessage(session_id, CloseSession()))
 
         return StreamReader(
