@@ -4,34 +4,24 @@
     python examples/stream_video.py ... --click 320,240          # an object clicked on the first frame
     python examples/stream_video.py ... --fps 30 --store          # faster than the model: frames get skipped
 
-Opens a live session (``POST /api/v1/sessions/ {"live": true}``), connects to
-``/ws/sessions/<id>/live/`` and sends the video's frames as JPEG at the video's frame rate (or
-``--fps``), each as one binary message: a 4-byte big-endian header length, a JSON header
-``{"seq": n, "ts": unix time}`` and the JPEG. A second thread reads the answers: ``frame`` events
-(acknowledged, so masks keep coming), ``skipped`` (frames the server dropped because newer ones
-arrived while the model was busy: latest-wins) and ``error``. At the end it prints frames delivered,
-skipped, and the latency from sending a frame to receiving its objects. Needs ``requests``,
-``websockets`` and ``opencv-python``.
+Uses the Python client (``pip install './clients/python[live]'``): ``client.live()`` opens a live
+session (``POST /api/v1/sessions/ {"live": true}``), sends the video's frames as JPEG over
+``/ws/sessions/<id>/live/`` (binary messages: a 4-byte big-endian header length, a JSON header
+``{"seq": n, "ts": unix time}``, the JPEG) at the video's frame rate (or ``--fps``), acknowledges the
+results and yields them. Frames the server dropped because newer
+ones arrived while the model was busy (latest-wins) are counted in ``live.skipped``. At the end it
+prints frames delivered, skipped, and the latency from sending a frame to receiving its objects.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import struct
-import threading
 import time
 
-import cv2
-import requests
-from websockets.sync.client import connect
-
-
-def frame_message(seq: int, jpeg: bytes) -> bytes:
-    header = json.dumps({"seq": seq, "ts": time.time()}).encode()
-    return struct.pack(">I", len(header)) + header + jpeg
+import av
+from sam3_client import Client
 
 
 def main() -> None:
@@ -44,62 +34,28 @@ def main() -> None:
     parser.add_argument("--fps", type=float, help="send rate (default: the video's)")
     parser.add_argument("--store", action="store_true", help="keep the results (GET .../frames/ afterwards; the session stays open)")
     args = parser.parse_args()
-    headers = {"X-API-Key": args.key} if args.key else {}
 
-    created = requests.post(f"{args.server}/api/v1/sessions/", json={"live": True, "store": args.store}, headers=headers, timeout=60)
-    created.raise_for_status()
-    session_id = created.json()["id"]
-    capture = cv2.VideoCapture(args.video)
-    fps = args.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
-    print(f"live session {session_id}, sending at {fps:.1f} frames/s")
-
-    sent_at: dict[int, float] = {}
+    with av.open(args.video) as container:
+        fps = args.fps or float(container.streams.video[0].average_rate or 25)
+    print(f"sending at {fps:.1f} frames/s")
     latencies: list[float] = []
-    skipped: list[int] = []
-    first_frame = threading.Event()
-    url = f"{args.server.replace('http', 'ws', 1)}/ws/sessions/{session_id}/live/"
-    with connect(url, additional_headers=headers, max_size=None) as socket:
-
-        def read() -> None:
-            for raw in socket:
-                message = json.loads(raw)
-                if message["type"] == "frame":
-                    latencies.append(time.monotonic() - sent_at[message["seq"]])
-                    socket.send(json.dumps({"type": "ack"}))
-                    objects = ", ".join(f"#{o['id']} {o.get('label', '')} {o['score']:.2f}" for o in message["objects"])
-                    print(f"seq {message['seq']:5d} ({latencies[-1] * 1000:4.0f} ms): {objects or '-'}")
-                    first_frame.set()
-                elif message["type"] == "skipped":
-                    skipped.extend(message["seqs"])
-                elif message["type"] in ("error", "prompt_result"):
-                    print(message)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        if args.text:
-            socket.send(json.dumps({"type": "prompt", "text": args.text}))
-        seq, started = 0, time.monotonic()
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            time.sleep(max(0.0, started + seq / fps - time.monotonic()))  # a camera's pace
-            sent_at[seq] = time.monotonic()
-            socket.send(frame_message(seq, cv2.imencode(".jpg", image)[1].tobytes()))
-            if seq == 0 and args.click:
-                first_frame.wait(60)
+    with Client(args.server, args.key) as client, client.live(args.video, text=args.text, fps=fps, store=args.store) as live:
+        for result in live:
+            if result.ts is not None:
+                latencies.append(time.time() - result.ts)
+            if result.seq == 0 and args.click:
                 x, y = (float(v) for v in args.click.split(","))
-                socket.send(json.dumps({"type": "prompt", "seq": 0, "points": [[x, y]], "point_labels": [1]}))
-            seq += 1
-        time.sleep(2)  # the last frame's answer
+                live.prompt(seq=0, points=[[x, y]])
+            objects = ", ".join(f"#{o.id} {o.label or ''} {o.score:.2f}" for o in result.objects)
+            print(f"seq {result.seq:5d} ({latencies[-1] * 1000 if latencies else 0:4.0f} ms): {objects or '-'}")
+        for seq, error in live.errors.items():
+            print(f"seq {seq}: {error}")
     if latencies:
         latencies.sort()
-        print(f"sent {seq}, delivered {len(latencies)}, skipped {len(skipped)}; latency p50 "
+        print(f"sent {live.sent}, delivered {len(latencies)}, skipped {len(live.skipped)}; latency p50 "
               f"{statistics.median(latencies) * 1000:.0f} ms, p95 {latencies[int(0.95 * (len(latencies) - 1))] * 1000:.0f} ms")
     if args.store:
-        print(f"results: {args.server}/api/v1/sessions/{session_id}/frames/")
-    else:
-        requests.delete(f"{args.server}/api/v1/sessions/{session_id}/", headers=headers, timeout=60)
+        print(f"results: {args.server}/api/v1/sessions/{live.session_id}/frames/ (close the session when done)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     sam3 segment photo.jpg --text dog --out overlay.png
     sam3 track clip.mp4 --text person --out results.jsonl
+    sam3 live clip.mp4 --text person --fps 25
     sam3 uploads ls
     sam3 me
 """
@@ -93,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     track.add_argument("--keep", action="store_true", help="keep the session open (its id is printed)")
     track.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    live = command("live", "stream a video file to a live session, as a camera would")
+    live.add_argument("video", type=Path, help="a video file (its frames are sent as JPEG)")
+    live.add_argument("--text", action="append", default=[], help="a concept to track (repeatable)")
+    live.add_argument("--fps", type=float, help="send rate (default: each frame once the previous one is answered)")
+    live.add_argument("--out", type=Path, help="write one JSON line per computed frame (seq, frame, objects, masks as COCO RLE)")
+
     uploads = command("uploads", "your uploads").add_subparsers(dest="action", required=True, metavar="ACTION")
     command("ls", "list your uploads", uploads).add_argument("--json", action="store_true", help="one JSON object per line")
     command("rm", "delete uploads", uploads).add_argument("ids", nargs="+", metavar="ID")
@@ -142,7 +149,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _run(client: Client, args: argparse.Namespace) -> None:
-    handlers = {"segment": _segment, "track": _track, "me": _me, "uploads": _uploads}
+    handlers = {"segment": _segment, "track": _track, "live": _live, "me": _me, "uploads": _uploads}
     handlers[args.command](client, args)
 
 
@@ -215,6 +222,27 @@ def _track(client: Client, args: argparse.Namespace) -> None:
             print(f"session {session.id} kept open", file=sys.stderr)
         else:
             session.close()
+
+
+def _live(client: Client, args: argparse.Namespace) -> None:
+    texts: list[str] = args.text
+    out = args.out.open("w") if args.out else None
+    try:
+        with client.live(args.video, text=texts[0] if texts else None, fps=args.fps) as live:
+            for text in texts[1:]:
+                live.prompt(text)
+            for result in live:
+                if out is not None:
+                    out.write(json.dumps({"seq": result.seq, "frame": result.frame, "objects": result.raw["objects"]}) + "\n")
+                else:
+                    objects = ", ".join(f"#{o.id}{' ' + o.label if o.label else ''} {o.score:.2f}" for o in result.objects)
+                    print(f"seq {result.seq:5d} (frame {result.frame}): {objects or '-'}")
+    finally:
+        if out is not None:
+            out.close()
+    for seq, error in live.errors.items():
+        print(f"seq {seq}: {error}", file=sys.stderr)
+    print(f"sent {live.sent}, computed {live.sent - len(live.skipped) - len(live.errors)}, skipped {len(live.skipped)}", file=sys.stderr)
 
 
 def _describe(frame: Frame) -> str:

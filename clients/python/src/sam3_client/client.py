@@ -162,7 +162,7 @@ class ClientBase(Bound):
         PyAV) or an iterable of RGB uint8 arrays; its frames go to a new live session as JPEG, at ``fps``
         (a camera's pace: the server drops frames it cannot keep up with) or, by default, each as soon
         as the previous one is answered. Yields each computed frame's objects (:class:`LiveFrame`);
-        frames the server dropped are in ``.skipped``, refused ones in ``.errors``. ``text`` (and
+        frames the server dropped are in ``.skipped``, refused ones in ``.errors`` (prompts: ``.prompt_errors``). ``text`` (and
         ``.prompt()`` at any time) adds a phrase to track. The session is closed when the loop ends
         or is left, except with ``store=True``: then its stored results stay readable
         (``sessions.get(live.session_id).frames()``) until you close it. Needs ``sam3-client[live]``."""

@@ -47,7 +47,7 @@ IN_FLIGHT = 2  # one frame computing, the newest waiting in the server's slot
 JPEG_QUALITY = 90
 
 
-def rgb_frames(source: Any) -> Iterator[np.ndarray[Any, Any]]:
+def rgb_frames(source: Any) -> Generator[np.ndarray[Any, Any], None, None]:
     """RGB uint8 arrays from a ``cv2.VideoCapture``-like object (``read()`` giving BGR, as OpenCV does),
     a video file (decoded with PyAV) or an iterable of RGB arrays."""
     if hasattr(source, "read") and callable(source.read):
@@ -61,8 +61,6 @@ def rgb_frames(source: Any) -> Iterator[np.ndarray[Any, Any]]:
             import av
         except ImportError as missing:
             raise ImportError("Reading video files needs PyAV: pip install 'sam3-client[live]'") from missing
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"No such file: {source}")
         with av.open(os.fspath(source)) as container:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
@@ -104,12 +102,15 @@ class LiveRun:
     ) -> None:
         if fps is not None and fps <= 0:
             raise ValueError("fps must be positive")
+        if isinstance(source, str | os.PathLike) and not Path(source).is_file():
+            raise FileNotFoundError(f"No such file: {source}")
         self.source, self.mask_format, self.fps, self.store = source, mask_format, fps, store
         self.result_timeout = result_timeout
         self.session_id: str | None = None
         self.sent = 0
         self.skipped: list[int] = []  # seqs the server dropped for a newer frame (latest-wins)
         self.errors: dict[int, APIError] = {}  # seqs the server refused or failed on
+        self.prompt_errors: list[APIError] = []  # prompts the server refused, in order
         self.texts: list[str] = []  # the phrases in use, as the server last answered
         self.pending: list[dict[str, Any]] = [{"type": "prompt", "text": text}] if text else []
         self.size = (0, 0)  # (height, width) of the stream's frames
@@ -119,7 +120,8 @@ class LiveRun:
         point_labels: Sequence[int] | None = None, box: Sequence[float] | None = None, object_id: int | None = None,
     ) -> None:
         """Add a phrase to track from the next computed frame on, or an object clicked / boxed on frame
-        ``seq`` (one of the last 8 computed); sent before the next frame."""
+        ``seq`` (one of the last 8 computed); sent before the next frame. A refused one lands in
+        ``prompt_errors``."""
         message: dict[str, Any] = {"type": "prompt"}
         if text is not None:
             message["text"] = text
@@ -159,6 +161,12 @@ class LiveRun:
 
     def _exchange(self, socket: Socket) -> Stream[LiveFrame]:
         frames = rgb_frames(self.source)
+        try:
+            yield from self._send_and_receive(socket, frames)
+        finally:
+            frames.close()  # a video file is closed now, also when the caller stops early
+
+    def _send_and_receive(self, socket: Socket, frames: Iterator[np.ndarray[Any, Any]]) -> Stream[LiveFrame]:
         outstanding: set[int] = set()
         exhausted = False
         started = time.monotonic()
@@ -205,12 +213,14 @@ class LiveRun:
             elif kind == "status" and event.get("status") in ENDED:
                 raise api_error(410, f"session_{event['status']}", event.get("message") or f"The session is {event['status']}.")
             elif kind == "error":
-                error = api_error(400, str(event.get("code")), str(event.get("message")), detail=event.get("detail"))
-                seq = (event.get("detail") or {}).get("seq") if isinstance(event.get("detail"), dict) else None
-                if seq is None:  # a prompt the server refused: the caller's mistake, not a frame's
-                    raise error
-                outstanding.discard(int(seq))
-                self.errors[int(seq)] = error
+                detail = event.get("detail")
+                error = api_error(400, str(event.get("code")), str(event.get("message")), detail=detail)
+                seq = detail.get("seq") if isinstance(detail, dict) else None
+                if seq in outstanding:  # a frame refused or failed: its answer
+                    outstanding.discard(seq)
+                    self.errors[seq] = error
+                else:  # a prompt refused (a click on a frame no longer kept...): the stream goes on
+                    self.prompt_errors.append(error)
 
 
 class LiveHandle:
@@ -236,6 +246,11 @@ class LiveHandle:
     def errors(self) -> dict[int, APIError]:
         """Seqs the server refused (``invalid_frame``...) or failed on (``frame_failed``), with the error."""
         return self._run.errors
+
+    @property
+    def prompt_errors(self) -> list[APIError]:
+        """Prompts the server refused (``frame_not_kept``, ``outside_image``...): the stream goes on without them."""
+        return self._run.prompt_errors
 
     @property
     def texts(self) -> list[str]:
