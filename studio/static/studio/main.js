@@ -1,15 +1,16 @@
 // Studio's entry point: sign-in, the account panel, banners from /readyz, the tabs (routed by the
-// URL's #fragment: #image, #video, #video/<session id>) and the keyboard shortcuts.
+// URL's #fragment: #image, #video, #video/<session id>, #live) and the keyboard shortcuts.
 //
-// A tab is a class with show(argument), shortcut(event) and leave(). Adding one (the live-video tab,
-// once the server has live sessions) is a module, a <section> in the template and an entry in TABS.
+// A tab is a class with show(argument), shortcut(event) and leave(). Adding one is a module, a
+// <section> in the template and an entry in TABS.
 
 import { Api, tinyModelWarning } from "./api.js";
 import { ImageTab } from "./image.js";
+import { LiveTab } from "./live.js";
 import { $, formatBytes, guarded, hideError, setStatus, showError, typing } from "./ui.js";
 import { VideoTab } from "./video.js";
 
-const TABS = { image: ImageTab, video: VideoTab };
+const TABS = { image: ImageTab, video: VideoTab, live: LiveTab };
 
 class Studio {
   constructor() {
@@ -153,6 +154,7 @@ class Studio {
       $(`#${tab.getAttribute("aria-controls")}`).hidden = !selected;
     }
     if (tabName !== "video") this.tabs.video.leave();
+    if (tabName !== "live") this.tabs.live.leave(); // a stream stops when its view goes
     await this.tabs[tabName].show(argument || null);
   }
 

@@ -25,7 +25,7 @@ export function framesOfLegs(legs, frameCount) {
   return total;
 }
 
-function objectColour(id) {
+export function objectColour(id) {
   return colourAt(id >= FIRST_CLICK_OBJECT_ID ? id - FIRST_CLICK_OBJECT_ID + 5 : id);
 }
 
