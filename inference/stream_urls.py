@@ -8,9 +8,10 @@ LAN). The web checks at creation, the worker again before every connection.
 
 http(s) redirects are followed here, not by ffmpeg: :func:`resolve_redirects` asks with
 ``allow_redirects=False`` and checks every ``Location`` before following it; the worker hands
-ffmpeg the final URL. What is left to trust: the final server answering ffmpeg as it answered the
-check (a redirect then would be followed by ffmpeg), DNS answering the same twice, and the segment
-URLs of an HLS playlist (fetched by ffmpeg, unchecked). Documented in docs/video-sessions.md.
+ffmpeg the final URL with ``max_redirects=0`` (ffmpeg >= 8 then fails on a redirect instead of
+following it). What is left to trust: DNS answering ffmpeg as it answered the check (rebinding),
+and the segment URLs of an HLS playlist (fetched by ffmpeg, unchecked; network protocols only).
+Documented in docs/video-sessions.md ("Stream URLs").
 
 Credentials in a URL (``rtsp://user:pass@camera/...``) are used, never shown: messages and logs
 carry :func:`redact`'s form, and text from libraries goes through :func:`scrub`.

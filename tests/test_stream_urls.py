@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -86,6 +88,20 @@ def test_credentials_are_redacted() -> None:
 # --- a stream server in this process ---
 
 
+def hls_files(frames: int, fps: int) -> dict[str, bytes]:
+    """A finished HLS playlist and its MPEG-TS segments (1 s each), written with PyAV."""
+    with tempfile.TemporaryDirectory() as directory:
+        options = {"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}
+        with av.open(f"{directory}/index.m3u8", "w", format="hls", options=options) as container:
+            stream = container.add_stream("libx264", rate=fps)  # H.264 in MPEG-TS, as HLS servers send it
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for index in range(frames):
+                image = np.full((48, 64, 3), index * 10 % 255, np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        return {f"/hls/{path.name}": path.read_bytes() for path in Path(directory).iterdir()}
+
+
 def jpeg(index: int) -> bytes:
     image = np.full((48, 64, 3), (index * 25) % 255, np.uint8)
     image[10:30, 5 + index % 40 : 20 + index % 40] = (40, 40, 200)
@@ -98,6 +114,7 @@ class StreamServer:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.mp4 = mp4_bytes(frames=MP4_FRAMES, fps=MP4_FPS)
+        self.files = hls_files(MP4_FRAMES, MP4_FPS)
         self.hits: Counter[str] = Counter()
         owner = self
 
@@ -116,6 +133,11 @@ class StreamServer:
                     self._mp4()
                 elif path == "/camera.mjpg":
                     self._mjpeg()
+                elif path in owner.files:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(owner.files[path])))
+                    self.end_headers()
+                    self.wfile.write(owner.files[path])
                 elif path == "/to-video":
                     self._redirect("/video.mp4")
                 elif path == "/to-private":
@@ -232,10 +254,11 @@ def frame_seqs(events: list[dict]) -> list[int]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_an_mp4_over_http_is_computed_and_ends_the_session(server, stream_worker, streams, alice) -> None:
-    body = open_stream(server, alice, streams.url("/video.mp4", credentials="viewer:s3cret@"))
+@pytest.mark.parametrize("path", ["/video.mp4", "/hls/index.m3u8"])
+def test_a_file_over_http_is_computed_and_ends_the_session(server, stream_worker, streams, alice, path: str) -> None:
+    body = open_stream(server, alice, streams.url(path, credentials="viewer:s3cret@"))
     session_id = body["id"]
-    assert "s3cret" not in json.dumps(body) and body["live"]["source_url"] == streams.url("/video.mp4", "***@")
+    assert "s3cret" not in json.dumps(body) and body["live"]["source_url"] == streams.url(path, "***@")
     with live_socket(server, alice, session_id) as socket:
         events = watch(socket, lambda e: e["type"] == "status" and e["status"] != "ready")
         with pytest.raises(ConnectionClosed):
@@ -245,7 +268,7 @@ def test_an_mp4_over_http_is_computed_and_ends_the_session(server, stream_worker
     seqs = frame_seqs(events)
     assert seqs and seqs == sorted(set(seqs)) and seqs[-1] == MP4_FRAMES - 1  # in order, through the last frame
     times = [e["ts"] for e in events if e["type"] == "frame"]
-    assert times == [pytest.approx(seq / MP4_FPS) for seq in seqs]  # the stream's own clock
+    assert [t - times[0] for t in times] == [pytest.approx((seq - seqs[0]) / MP4_FPS) for seq in seqs]  # the stream's clock
     skipped = [s for e in events if e["type"] == "skipped" for s in e["seqs"]]
     assert not set(skipped) & set(seqs)
     record = api(server, alice.key, "GET", f"/sessions/{session_id}/").json()

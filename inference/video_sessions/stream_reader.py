@@ -110,7 +110,9 @@ class StreamReader:
         """Connect and read until the stream ends; (frames read, whether the source has a duration)."""
         url = resolve_redirects(self.url, self.allowlist)  # every connection is checked anew
         options = {"protocol_whitelist": PROTOCOLS}
-        if url.lower().startswith("rtsp"):
+        if url.lower().startswith("http"):
+            options["max_redirects"] = "0"  # ffmpeg must not follow a redirect the check above did not see
+        elif url.lower().startswith("rtsp"):
             options["rtsp_transport"] = "tcp"
         frames = 0
         with av.open(url, options=options, timeout=(OPEN_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)) as container:
