@@ -92,7 +92,7 @@ export class LiveTab {
     this.stage.setPicture(this.capture.width, this.capture.height);
     const session = await this.api.post("sessions/", { live: true, store: false, mask_format: "rle" });
     this.session = session;
-    Object.assign(this, { seq: 0, pending: new Map(), frameCount: 0, received: [], latencies: [], skipped: 0, shownSeq: null, lastSent: 0 });
+    Object.assign(this, { seq: 0, pending: new Map(), frameCount: 0, received: [], latencies: [], skipped: 0, shownSeq: null, lastSent: 0, encoding: false });
     $("#live-stage").dataset.session = session.id;
     this.socket = new LiveSocket(this.api, session.id, {
       onMessage: (message) => this.receive(message),
@@ -131,23 +131,25 @@ export class LiveTab {
 
   /** Sends the video's current picture when the rate allows, then comes back for the next. */
   async pump() {
+    if (!this.session || this.encoding) return; // the call encoding a picture comes back itself
     clearTimeout(this.timer);
-    if (!this.session) return;
     const interval = 1000 / Math.max(1, Number($("#live-rate").value) || 1);
     const now = performance.now();
     if (this.pending.size < MAX_UNANSWERED && now - this.lastSent >= interval && !this.video.paused) {
       this.lastSent = now;
       const seq = this.seq++;
+      this.encoding = true;
       const context = this.capture.getContext("2d");
       context.drawImage(this.video, 0, 0, this.capture.width, this.capture.height);
       const [jpeg, picture] = await Promise.all([
         new Promise((resolve) => this.capture.toBlob(resolve, "image/jpeg", 0.85)),
         createImageBitmap(this.capture),
       ]);
+      this.encoding = false;
       const header = new TextEncoder().encode(JSON.stringify({ seq, ts: now }));
       const length = new Uint8Array(4);
       new DataView(length.buffer).setUint32(0, header.length); // big-endian
-      if (this.socket?.send(new Blob([length, header, jpeg]))) this.pending.set(seq, { picture, sent: now });
+      if (this.socket?.send(new Blob([length, header, jpeg]))) this.pending.set(seq, { picture });
       else picture.close();
     }
     this.timer = setTimeout(() => this.pump(), Math.max(5, interval - (performance.now() - this.lastSent)));
