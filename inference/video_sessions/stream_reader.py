@@ -32,7 +32,6 @@ from inference.live_frames import MAX_FRAME_PIXELS, LiveFrame
 from inference.messages import StatusEvent
 from inference.session_store import CLOSED, FAILED, READY
 from inference.stream_urls import StreamUrlRefused, redact, resolve_redirects, scrub
-from sam3site.errors import InvalidInput
 
 OPEN_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 10.0
@@ -76,20 +75,21 @@ class StreamReader:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            first_seq = self._seq
             try:
-                frames, finite = self._read_once()
+                finite = self._read_once()
                 ended, message = True, "The stream ended."
                 if finite:
                     break
             except StreamUrlRefused as refused:
                 self._finish(FAILED, refused.message)
                 return
-            except (InvalidInput, av.FFmpegError, OSError, ValueError) as error:
-                frames, ended = 0, False
+            except Exception as error:  # noqa: BLE001 - a lost stream (or anything else) is retried, then reported
+                ended = False
                 message = scrub(getattr(error, "message", None) or f"{type(error).__name__}: {error}", self.url)
             if self._stop.is_set():
                 return
-            failures = 1 if frames else failures + 1
+            failures = 1 if self._seq > first_seq else failures + 1  # a connection that delivered resets the count
             if failures > RECONNECT_ATTEMPTS:
                 self._finish(CLOSED if ended else FAILED, message)
                 return
@@ -106,15 +106,14 @@ class StreamReader:
             logger.info("Stream {} of session {} is over: {} ({})", redact(self.url), self.session_id, status, message)
             self._end(status, message, self._seq - 1 if self._seq else None)
 
-    def _read_once(self) -> tuple[int, bool]:
-        """Connect and read until the stream ends; (frames read, whether the source has a duration)."""
+    def _read_once(self) -> bool:
+        """Connect and read until the stream ends; whether the source has a duration (a file)."""
         url = resolve_redirects(self.url, self.allowlist)  # every connection is checked anew
         options = {"protocol_whitelist": PROTOCOLS}
         if url.lower().startswith("http"):
             options["max_redirects"] = "0"  # ffmpeg must not follow a redirect the check above did not see
         elif url.lower().startswith("rtsp"):
             options["rtsp_transport"] = "tcp"
-        frames = 0
         with av.open(url, options=options, timeout=(OPEN_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)) as container:
             if not container.streams.video:
                 raise StreamUrlRefused("The stream has no video.", code="stream_without_video")
@@ -130,8 +129,7 @@ class StreamReader:
                     if delay > 0 and self._stop.wait(delay):
                         break
                 self._deliver(frame)
-                frames += 1
-            return frames, container.duration is not None
+            return container.duration is not None
 
     def _deliver(self, frame: av.VideoFrame) -> None:
         width, height = frame.width, frame.height
