@@ -108,7 +108,7 @@ def check_stream_url(url: str, allowlist: list[str]) -> str:
         return url
     try:
         infos = socket.getaddrinfo(host, parts.port or SCHEMES[parts.scheme.lower()], type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+    except (OSError, UnicodeError, ValueError):  # unknown host, a label too long for IDNA, a NUL...
         raise InvalidInput(f"The stream URL's host {host} does not resolve.", code="stream_url_unresolvable") from None
     addresses = {ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos}
     refused = sorted(

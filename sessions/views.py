@@ -70,7 +70,8 @@ class SessionListView(SessionViewMixin, APIView):
         data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
         live = {"store": data["store"], "mask_format": data["mask_format"]} if data["live"] else None
         if live is not None and "source_url" in data:
-            live["source_url"] = await sync_to_async(services.stream_url_check)(url=data["source_url"])
+            # network waits (DNS, the redirect hops) off the thread the ORM calls share
+            live["source_url"] = await sync_to_async(services.stream_url_check, thread_sensitive=False)(url=data["source_url"])
         session = await commands.session_open(owner=authenticated_user(request), video_id=data.get("video"), live=live)
         body = await sync_to_async(lambda: VideoSessionDetailSerializer(session).data)()
         return Response(body, status=status.HTTP_201_CREATED)

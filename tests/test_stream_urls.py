@@ -70,7 +70,9 @@ def test_the_allowlist_names_addresses_networks_and_hosts() -> None:
 @pytest.mark.parametrize(("url", "code"), [
     ("file:///etc/passwd", "unsupported_scheme"), ("ftp://8.8.8.8/x", "unsupported_scheme"), ("concat:a|b", "unsupported_scheme"),
     ("8.8.8.8/stream", "unsupported_scheme"), ("http:///nohost", "invalid_stream_url"), ("http://8.8.8.8:99999/", "invalid_stream_url"),
-    ("http://no-such-host.invalid/", "stream_url_unresolvable"),
+    ("http://no-such-host.invalid/", "stream_url_unresolvable"), ("http://a\x00b/", "stream_url_unresolvable"),
+    ("http://" + "a" * 300 + ".com/", "stream_url_unresolvable"), ("http://[::1/", "invalid_stream_url"),
+    ("rtsp://8.8.8.8/" + "a" * 2048, "invalid_stream_url"),
 ])
 def test_other_urls_are_refused_with_their_code(url: str, code: str) -> None:
     with pytest.raises(InvalidInput) as refused:
