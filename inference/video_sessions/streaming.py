@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import cv2
@@ -24,11 +24,11 @@ import numpy as np
 from loguru import logger
 
 from inference.live_frames import PUSH_SCRIPT, SLOT_SECONDS, TAKE_SCRIPT, LiveFrame, frame_from_slot, frame_meta, ready_key, slot_key
-from inference.masks import encode_masks
 from inference.messages import LiveFrameError, LiveFrameEvent, VideoPrompt
-from inference.runtime.engine import Instances, check_text_prompt
+from inference.runtime.engine import check_text_prompt
 from inference.runtime.loader import LoadedSam3
 from inference.runtime.streaming import KEEP_FRAMES, LiveStream
+from inference.video_sessions.encoding import objects_payload
 from inference.video_sessions.live import INTERACTIVE_ID_BASE, KEEP_HISTORY_FRAMES
 from inference.video_sessions.stream_reader import StreamReader
 from sam3site import redis_clients
@@ -43,24 +43,6 @@ def decode_image(data: bytes) -> np.ndarray:
     if image is None:
         raise ValueError("the image could not be decoded")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def objects_payload(parts: Sequence[Instances], mask_format: str) -> list[dict[str, Any]]:
-    """Objects as session frames carry them ({id, score, box, mask, label?}), masks in ``mask_format``."""
-    objects: list[dict[str, Any]] = []
-    for instances in parts:
-        if len(instances) == 0:
-            continue
-        masks = encode_masks(instances.masks, mask_format)
-        ids = instances.object_ids.tolist() if instances.object_ids is not None else [None] * len(instances)
-        labels: Sequence[str | None] = instances.labels or [None] * len(instances)
-        for object_id, score, box, mask, label in zip(ids, instances.scores.tolist(), instances.boxes.tolist(), masks, labels):
-            item = {"id": object_id, "score": round(float(score), 6), "box": [round(float(v), 2) for v in box], "mask": mask}
-            if label is not None:
-                item["label"] = label
-            objects.append(item)
-    objects.sort(key=lambda item: (item["id"] is None, item["id"]))
-    return objects
 
 
 class StreamSession:
