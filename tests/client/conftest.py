@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, LiveServer, free_port, stop_process_group
+from tests.conftest import ROOT, LiveServer, Workers, free_port, launch_workers, stop_process_group
 from tests.conftest import _test_database_url as test_database_url
 
 SAM3 = Path(sys.executable).with_name("sam3")  # the console script the package installs
@@ -71,6 +72,24 @@ def deployment_server(django_db_setup: None, tmp_path_factory: pytest.TempPathFa
     server = serve(tmp_path_factory.mktemp("web"), migrate=False, ready_path="/healthz", DATABASE_URL=test_database_url())
     yield server
     stop_process_group(server.process)
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup: None, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """One model worker of the deployment, shared by a module."""
+    workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint)
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture
+def server(deployment_server: LiveServer, worker: Workers) -> LiveServer:
+    return deployment_server
+
+
+def served(server: LiveServer, method: str, path: str, status: int) -> int:
+    """How many such requests the server logged (one line per request: method, path, status)."""
+    return len(re.findall(rf"{method} {re.escape(path)} {status} ", server.log()))
 
 
 def sam3(*args: str, server: str | None = None, key: str | None = None, timeout: float = 120, cwd: Path | None = None,

@@ -26,26 +26,16 @@ from sam3_client import AsyncClient, Client, RetryPolicy
 
 from accounts.models import Quota
 from sam3site.redis_clients import inflight_key
-from tests.client.conftest import sam3
-from tests.conftest import launch_workers, mp4_bytes, read_registry
+from tests.client.conftest import sam3, served
+from tests.conftest import mp4_bytes, read_registry
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 FRAMES = 10
 LONG = 70  # frames: more than the 64 a socket carries unacknowledged, and long enough to act mid-run
 
 
-@pytest.fixture(scope="module")
-def worker(django_db_setup, tiny_checkpoint, tmp_path_factory):
-    """One model worker for the module, on one thread: torch's default (every core, spinning while it
-    waits) runs propagation about 10x slower on a shared 2-core machine (README, Operations)."""
-    workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint, OMP_NUM_THREADS="1")
-    yield workers
-    workers.stop()
 
 
-@pytest.fixture
-def server(deployment_server, worker):
-    return deployment_server
 
 
 @pytest.fixture
@@ -62,9 +52,6 @@ def long_video(tmp_path):
     return path
 
 
-def served(server, method: str, path: str, status: int) -> int:
-    """How many such requests the server logged (one line per request: method, path, status)."""
-    return len(re.findall(rf"{method} {re.escape(path)} {status} ", server.log()))
 
 
 def test_a_session_from_prompts_to_propagation_and_close(server, alice, video) -> None:

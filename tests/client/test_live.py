@@ -17,26 +17,16 @@ import pytest
 from pycocotools import mask as coco_mask
 from sam3_client import AsyncClient, Client, LiveFrame
 
-from tests.client.conftest import sam3
-from tests.client.test_deployment import served
-from tests.conftest import ROOT, launch_workers, mp4_bytes
+from tests.client.conftest import sam3, served
+from tests.conftest import ROOT, mp4_bytes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 FRAMES = 8
 CLICK = [[20.0, 20.0]]
 
 
-@pytest.fixture(scope="module")
-def worker(django_db_setup, tiny_checkpoint, tmp_path_factory):
-    """One model worker on one thread (see test_deployment.py)."""
-    workers = launch_workers(tmp_path_factory.mktemp("workers"), tiny_checkpoint, OMP_NUM_THREADS="1")
-    yield workers
-    workers.stop()
 
 
-@pytest.fixture
-def server(deployment_server, worker):
-    return deployment_server
 
 
 @pytest.fixture
