@@ -18,7 +18,7 @@ class SessionPromptSerializer(serializers.ModelSerializer):
 
 
 class VideoSessionSerializer(serializers.ModelSerializer):
-    video = serializers.UUIDField(source="video_id", read_only=True)
+    video = serializers.UUIDField(source="video_id", read_only=True, allow_null=True, help_text="null for a live session.")
     frames_stored = serializers.IntegerField(read_only=True, source="frame_results.count")
 
     class Meta:

@@ -65,7 +65,16 @@ class SessionListView(SessionViewMixin, APIView):
 
         return await sync_to_async(page)()
 
-    @extend_schema(request=SessionCreateSerializer, responses={201: VideoSessionDetailSerializer, **errors(404, 503, 504)})
+    @extend_schema(
+        request=SessionCreateSerializer,
+        responses={201: VideoSessionDetailSerializer, **errors(404, 503, 504)},
+        examples=[
+            OpenApiExample("A session over an uploaded video", value={"video": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}, request_only=True),
+            OpenApiExample("A live session: frames pushed over its websocket", value={"live": True}, request_only=True),
+            OpenApiExample("A live session reading a camera", value={"live": True, "source_url": "rtsp://camera.example.com/stream"},
+                           request_only=True),
+        ],
+    )
     async def post(self, request: Request) -> Response:
         data = await sync_to_async(validated)(SessionCreateSerializer, request.data)
         live = {"store": data["store"], "mask_format": data["mask_format"]} if data["live"] else None
