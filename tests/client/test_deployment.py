@@ -152,9 +152,13 @@ def test_the_async_client_has_the_same_sessions(server, alice, long_video, video
     assert info.status == "ready" and info.propagation is not None and info.propagation.state == "cancelled"
 
 
-def test_busy_and_ended_sessions_raise_typed_errors(server, alice, long_video) -> None:
+def test_busy_and_ended_sessions_raise_typed_errors(server, alice, long_video, tmp_path) -> None:
+    # Long enough that the propagation is still running when the next calls arrive, however fast
+    # the worker is (it is cancelled after the first frame).
+    very_long = tmp_path / "very-long.mp4"
+    very_long.write_bytes(mp4_bytes(frames=400))
     with Client(server.url, alice.key) as client:
-        session = client.sessions.create(long_video)
+        session = client.sessions.create(very_long)
         session.add_points([[20, 20]], frame=0)
         stream = session.propagate()
         next(stream)
