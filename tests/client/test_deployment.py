@@ -165,8 +165,9 @@ def test_busy_and_ended_sessions_raise_typed_errors(server, alice, long_video, t
         with pytest.raises(sam3_client.SessionBusy) as busy:
             session.add_points([[10, 10]], frame=0)
         assert busy.value.status == 409 and busy.value.code == "session_busy"
-        assert session.cancel() is True
-        session.close()  # closing ends the stream's session: it raises rather than hang
+        # Closing mid-propagation ends the stream's session: it raises rather than hang. (Not
+        # cancel first: a cancelled propagation may end the stream cleanly before the close lands.)
+        session.close()
         with pytest.raises(sam3_client.SessionEnded) as ended:
             list(stream)
         assert ended.value.code == "session_closed"
