@@ -126,33 +126,22 @@ class SessionManager:
                 live.close()
             return {"closed": live is not None}
         live = self._live(session_id)
-        if isinstance(live, StreamSession):
-            return self._apply_live(live, command)
+        if isinstance(command, RemoveObject):
+            live.remove_object(command.object_id)
+            return {"removed": command.object_id, "objects": live.object_ids()}
+        if isinstance(command, ResetSession):
+            live.reset()
+            return {"objects": []}
+        if isinstance(command, PromptSession):
+            return live.prompt(command.prompt) if isinstance(live, StreamSession) else self._prompt(live, command.prompt)
         if isinstance(command, Propagate):  # checked here, on the model thread; the frames then stream
+            if isinstance(live, StreamSession):
+                raise Conflict("A live session computes the frames it is sent; it does not propagate.", code="live_session")
             frames = live.propagation(command.legs)
             live.cancel.clear()
             self.runtime.scheduler.submit_stream(self._propagation(session_id, live, frames))
             return {"accepted": True}
-        if isinstance(command, PromptSession):
-            return self._prompt(live, command.prompt)
-        if isinstance(command, RemoveObject):
-            live.remove_object(command.object_id)
-            return {"removed": command.object_id, "objects": live.object_ids()}
-        if isinstance(command, ResetSession):
-            live.reset()
-            return {"objects": []}
         raise ValueError(f"unknown session command {command!r}")
-
-    def _apply_live(self, live: StreamSession, command: SessionCommand) -> dict[str, Any]:
-        if isinstance(command, PromptSession):
-            return live.prompt(command.prompt)
-        if isinstance(command, RemoveObject):
-            live.remove_object(command.object_id)
-            return {"removed": command.object_id, "objects": live.object_ids()}
-        if isinstance(command, ResetSession):
-            live.reset()
-            return {"objects": []}
-        raise Conflict("A live session computes the frames it is sent; it does not propagate.", code="live_session")
 
     # --- live sessions' frames: taken by the pump thread, computed here, delivered by the writer ---
 
