@@ -127,13 +127,13 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # channels_redis waits up to 5 s in BZPOPMIN; redis-py's default 5 s socket timeout would
-            # race it, so the socket timeout is set above that.
-            "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "capacity": 200, "expiry": 60,
-                "prefix": f"{CONFIG.redis_key_prefix}:asgi",
-            },
+            # Redis pub/sub: one PUBLISH per event, pushed to the subscribed web process, where the
+            # core layer's sorted sets take four round trips to send and a BZPOPMIN loop to receive
+            # (2-3 ms per event, bench/bench_live.py). Consumers read events as they arrive; what a
+            # slow client may hold back is bounded by the session socket's ack window. Pub/sub
+            # channels span Redis databases: the prefix keeps deployments sharing a Redis apart.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CONFIG.redis_key_prefix}:asgi"},
         }
     }
 else:
