@@ -99,7 +99,10 @@ def api_key_authenticate(raw_key: str) -> KeyIdentity:
     """Resolve a presented key. Raises :class:`InvalidApiKey` (never echoing the key)."""
     for static_key in settings.STATIC_API_KEYS:
         if hmac.compare_digest(raw_key.encode(), static_key.encode()):
-            return KeyIdentity(user=_static_key_user(raw_key), api_key=None, label=f"env:{_digest(raw_key)[:8]}")
+            user = _static_key_user(raw_key)
+            if not user.is_active:  # an operator deactivated the key's user in the admin: off without a restart
+                raise InvalidApiKey("The key's user is deactivated.", code="user_inactive")
+            return KeyIdentity(user=user, api_key=None, label=f"env:{_digest(raw_key)[:8]}")
 
     prefix, dot, _secret = raw_key.partition(".")
     api_key = _key_by_prefix(prefix) if dot else None

@@ -93,6 +93,23 @@ def test_deactivating_or_deleting_the_user_refuses_the_key_at_once(make_client) 
     assert dave.client.get(ME).json()["error"]["code"] == "invalid_api_key"
 
 
+def test_deactivating_an_env_keys_user_refuses_the_env_key(make_client) -> None:
+    """API_KEYS keys act as their own users (envkey-...): deactivating one in the admin switches the key off."""
+    staff = make_client("root", staff=True)
+    env_client = APIClient()
+    env_client.credentials(HTTP_X_API_KEY="test-env-key-1-9f8e7d6c5b4a")
+    assert env_client.get(ME).status_code == 200  # creates (and caches) the key's user
+    env_user = get_user_model().objects.get(pk=env_client.get(ME).json()["id"])
+    assert env_user.username.startswith("envkey-")
+    assert staff.client.patch(f"/api/v1/users/{env_user.pk}/", {"is_active": False}, format="json").status_code == 200
+    refused = env_client.get(ME)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "user_inactive"
+    other_env_client = APIClient()
+    other_env_client.credentials(HTTP_X_API_KEY="test-env-key-2-1a2b3c4d5e6f")
+    assert other_env_client.get(ME).status_code == 200  # the other env key is another user
+
+
 def test_a_quota_change_applies_at_once(alice) -> None:
     assert alice.client.get(ME).json()["quota"]["daily_requests"] is None
     Quota.objects.create(user=alice.user, daily_requests=5)
