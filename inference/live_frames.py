@@ -102,12 +102,15 @@ def ready_key(queue: str) -> str:
     return redis_clients.key("live", "ready", queue)
 
 
-# Replace the slot; list the session as ready when the slot was empty; answer the replaced seq.
+# Replace the slot; list the session as ready when the slot was empty, or listed for another worker
+# (its worker died: the session moved, and the frame left for the dead worker is taken by the new
+# one); answer the replaced seq.
 PUSH_SCRIPT = """
 local replaced = redis.call('HGET', KEYS[1], 'seq')
-redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'meta', ARGV[2], 'image', ARGV[3])
+local listed = redis.call('HGET', KEYS[1], 'ready')
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'meta', ARGV[2], 'image', ARGV[3], 'ready', KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if not replaced then redis.call('RPUSH', KEYS[2], ARGV[5]) end
+if not replaced or listed ~= KEYS[2] then redis.call('RPUSH', KEYS[2], ARGV[5]) end
 return replaced
 """
 

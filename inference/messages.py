@@ -139,6 +139,7 @@ class OpenLive:
     store: bool = False  # keep every computed frame's result (the REST frames API) as propagation does
     mask_format: Literal["rle", "polygons", "png", "none"] = "rle"
     source_url: str | None = None  # frames read from this stream by the worker (inference.stream_urls), not pushed
+    first_frame: int = 0  # rebuilt after its worker died: frames (a stream URL's seqs too) are numbered on from here
     op: Literal["open_live"] = "open_live"
 
 

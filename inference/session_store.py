@@ -30,11 +30,14 @@ class LoggedPrompt:
 
 @dataclass(frozen=True)
 class ReplayPlan:
-    """What rebuilding a session on another worker needs: its video and every prompt, in order."""
+    """What rebuilding a session on another worker needs: its video (a live session: its options) and
+    every prompt, in order."""
 
     video_path: str
     propagation_running: bool
     prompts: list[LoggedPrompt]
+    live: dict[str, Any] | None = None  # a live session's OpenLive options
+    next_frame: int = 0  # a live session: the number its next computed frame gets (after those stored)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept(subprotocol=subprotocol)
         await self.send_json({"type": "status", "status": session.status, "frame_count": session.frame_count,
-                              "propagation": session.propagation})
+                              "propagation": session.propagation, **({"message": session.error} if session.error else {})})
         if not session.is_open:
             await self.close(code=SESSION_ENDED_CLOSE_CODE)
 

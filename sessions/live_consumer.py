@@ -31,9 +31,16 @@ TOUCH_EVERY_SECONDS = 10  # a streaming session is active: its idle clock is res
 
 class LiveSessionConsumer(SessionConsumer):
     def admits(self, session: VideoSession) -> bool:
-        self.target = SessionTarget(session_id=str(session.pk), worker=session.worker, queue=session.worker_queue)
+        self.target = _target(session)
         self.touched_at = 0.0
         return session.kind == VideoSession.Kind.LIVE
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        if event["type"] == "status" and event["status"] == VideoSession.Status.RECOVERING:
+            # another worker has claimed the session (the record says which): frames go there from now on
+            self.target = _target(await database_sync_to_async(VideoSession.objects.get)(pk=self.target.session_id))
+        await super().session_event(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         if bytes_data:
@@ -60,3 +67,7 @@ class LiveSessionConsumer(SessionConsumer):
         if now - self.touched_at > TOUCH_EVERY_SECONDS:
             self.touched_at = now
             await database_sync_to_async(services.session_touch)(session_id=self.target.session_id)
+
+
+def _target(session: VideoSession) -> SessionTarget:
+    return SessionTarget(session_id=str(session.pk), worker=session.worker, queue=session.worker_queue)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, QuerySet
 
 from sessions.models import FrameResult, SessionPrompt, VideoSession
 
@@ -29,3 +29,9 @@ def prompt_log(*, session: VideoSession) -> list[SessionPrompt]:
 
 def frame_results(*, session: VideoSession) -> QuerySet[FrameResult]:
     return FrameResult.objects.filter(session=session).order_by("frame_index")
+
+
+def next_unstored_frame(*, session: VideoSession) -> int:
+    """The frame number after the last stored result (0 when none is)."""
+    last = frame_results(session=session).aggregate(last=Max("frame_index"))["last"]
+    return 0 if last is None else last + 1

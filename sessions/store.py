@@ -17,12 +17,14 @@ class DatabaseSessionStore:
 
     def replay_plan(self, session_id: str) -> ReplayPlan:
         session = VideoSession.objects.select_related("video").get(pk=session_id)
+        prompts = [LoggedPrompt(entry.kind, entry.payload) for entry in selectors.prompt_log(session=session)]
         if session.video is None:
-            raise ValueError("A live session cannot be rebuilt: its frames went with its worker. Open a new one.")
+            return ReplayPlan(
+                video_path="", propagation_running=False, prompts=prompts, live=dict(session.live),
+                next_frame=selectors.next_unstored_frame(session=session),
+            )
         return ReplayPlan(
-            video_path=str(session.video.path),
-            propagation_running=session.propagation.get("state") == "running",
-            prompts=[LoggedPrompt(entry.kind, entry.payload) for entry in selectors.prompt_log(session=session)],
+            video_path=str(session.video.path), propagation_running=session.propagation.get("state") == "running", prompts=prompts,
         )
 
     def claim(self, *, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:

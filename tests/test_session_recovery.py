@@ -78,3 +78,50 @@ def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start
         assert [o["id"] for o in last["objects"]] == [clicked["object_id"]]
     finally:
         workers.stop()
+
+
+def test_live_session_goes_on_on_another_worker_after_kill_9(start_server, tiny_checkpoint, tmp_path, alice) -> None:
+    """A live session's worker dies: another claims it, text prompts go on, clicked objects are
+    reported lost, stored frames are numbered on (none overwritten), and the same socket keeps pushing."""
+    from tests.test_live_video import live_socket, next_message, open_live, push_and_wait
+
+    default_timeout = Config.model_fields["worker_heartbeat_timeout_seconds"].default
+    workers = launch_workers(
+        tmp_path, tiny_checkpoint, devices=("cpu", "cpu"), WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(default_timeout)
+    )
+    try:
+        server = start_server()
+        session_id = open_live(server, alice, store=True)
+        with live_socket(server, alice, session_id) as socket:
+            socket.send(json.dumps({"type": "prompt", "text": "dog"}))
+            assert next_message(socket, "prompt_result")["texts"] == ["dog"]
+            for seq in range(3):
+                assert push_and_wait(socket, seq)["frame"] == seq
+            socket.send(json.dumps({"type": "prompt", "seq": 2, "points": [[20, 20]], "point_labels": [1]}))
+            clicked = next_message(socket, "prompt_result")["object_id"]
+            assert clicked in [o["id"] for o in push_and_wait(socket, 3)["objects"]]
+
+            old_worker = VideoSession.objects.get(pk=session_id).worker
+            os.kill(int(old_worker.rsplit(":", 1)[1]), signal.SIGKILL)
+            statuses = []
+            while not statuses or statuses[-1]["status"] != "ready":
+                message = json.loads(socket.recv(timeout=60))
+                if message["type"] == "status":
+                    statuses.append(message)
+            assert [s["status"] for s in statuses] == ["recovering", "ready"]
+            assert statuses[-1]["recovered"] is True and "designate them again" in statuses[-1]["message"]
+
+            for seq in range(4, 7):  # the same socket: frames now go to the new worker
+                frame = push_and_wait(socket, seq)
+                assert frame["seq"] == seq and frame["frame"] == seq  # numbered on after the stored frames
+                assert all(o["id"] != clicked and o["label"] == "dog" for o in frame["objects"])
+            socket.send(json.dumps({"type": "prompt", "seq": 6, "points": [[20, 20]], "point_labels": [1]}))
+            again = next_message(socket, "prompt_result")["object_id"]  # a click on a frame the new worker computed
+            assert again in [o["id"] for o in push_and_wait(socket, 7)["objects"]]
+
+        session = VideoSession.objects.get(pk=session_id)
+        assert session.worker != old_worker and session.status == "ready"
+        stored = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?limit=100").json()["results"]
+        assert [(f["seq"], f["frame"]) for f in stored] == [(seq, seq) for seq in range(8)]
+    finally:
+        workers.stop()

@@ -112,9 +112,11 @@ class SessionManager:
             return {"frame_count": opened.frame_count if isinstance(opened, LiveSession) else 0}
         if isinstance(command, OpenLive):
             if session_id not in self.live:
-                opened = self.live[session_id] = StreamSession(self._loaded(), store=command.store, mask_format=command.mask_format)
+                opened = self.live[session_id] = StreamSession(
+                    self._loaded(), store=command.store, mask_format=command.mask_format, first_frame=command.first_frame
+                )
                 if command.source_url:
-                    opened.reader = self._stream_reader(session_id, command.source_url)
+                    opened.reader = self._stream_reader(session_id, command.source_url, first_seq=command.first_frame)
                     opened.reader.start()
             return {"frame_count": 0}
         if isinstance(command, CloseSession):
@@ -165,7 +167,7 @@ class SessionManager:
         self.writer.submit(write)
         self.answered[session_id] = result["seq"]
 
-    def _stream_reader(self, session_id: str, url: str) -> StreamReader:
+    def _stream_reader(self, session_id: str, url: str, *, first_seq: int) -> StreamReader:
         def publish(event: dict[str, Any]) -> None:
             self.writer.submit(lambda: session_store().publish(session_id, event))
 
@@ -195,7 +197,7 @@ class SessionManager:
 
         return StreamReader(
             session_id, url, allowlist=settings.CONFIG.stream_url_allowlist,
-            put=lambda frame: self.slots.put(session_id, frame), publish=publish, end=end,
+            put=lambda frame: self.slots.put(session_id, frame), publish=publish, end=end, first_seq=first_seq,
         )
 
     def _refuse_live_frame(self, session_id: str, error: LiveFrameError) -> None:
@@ -285,10 +287,10 @@ class SessionManager:
         store = session_store()
         store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message())
         try:
-            plan = store.replay_plan(session_id)  # refused for live sessions: their frames went with the worker
+            plan = store.replay_plan(session_id)
             if plan.propagation_running:
                 store.propagation_update(session_id=session_id, state="interrupted")
-            self.runtime.scheduler.call(lambda: self._replay(session_id, plan)).result()
+            notice = self.runtime.scheduler.call(lambda: self._replay(session_id, plan)).result()
         except Exception as failure:  # noqa: BLE001
             logger.exception("Session {} could not be rebuilt", session_id)
             if store.set_status(session_id=session_id, status=FAILED, error=str(failure), from_statuses=[RECOVERING]):
@@ -301,10 +303,13 @@ class SessionManager:
             logger.info("Session {} ended while being rebuilt; its state is let go", session_id)
             self.execute(SessionMessage(session_id, CloseSession()))
             return
-        store.publish(session_id, StatusEvent(READY, recovered=True).to_message())
+        store.publish(session_id, StatusEvent(READY, recovered=True, message=notice).to_message())
 
-    def _replay(self, session_id: str, plan: ReplayPlan) -> None:
-        """Rebuild the live state from the prompt log, in order (on the model thread)."""
+    def _replay(self, session_id: str, plan: ReplayPlan) -> str | None:
+        """Rebuild the live state from the prompt log, in order (on the model thread); what the client
+        should know about the rebuilt session, if anything."""
+        if plan.live is not None:
+            return self._replay_live(session_id, plan)
         self._apply(session_id, OpenSession(plan.video_path))
         for entry in plan.prompts:
             if entry.kind == "remove_object":
@@ -315,6 +320,25 @@ class SessionManager:
                 live = self.live[session_id]
                 assert isinstance(live, LiveSession)  # opened from the video just above
                 self._prompt(live, VideoPrompt.from_payload(entry.payload))
+        return None
+
+    def _replay_live(self, session_id: str, plan: ReplayPlan) -> str | None:
+        """A live session goes on from its next frame with its text prompts. Clicks and boxes named
+        frames that were only on the lost worker, so their objects cannot be rebuilt."""
+        assert plan.live is not None
+        self._apply(session_id, OpenLive(**{**plan.live, "first_frame": plan.next_frame}))
+        clicked = False
+        for entry in plan.prompts:
+            if entry.kind == "reset":
+                self._apply(session_id, ResetSession())
+                clicked = False
+            elif entry.kind == "text":
+                self._apply(session_id, PromptSession(VideoPrompt.from_payload(entry.payload)))
+            else:
+                clicked = clicked or entry.kind == "points"
+        if clicked:
+            return "The objects you designated with points or boxes were lost with the worker: designate them again."
+        return None
 
     def _sweep_periodically(self) -> None:
         while not self._stop.wait(settings.CONFIG.session_cleanup_interval_seconds):

@@ -54,6 +54,7 @@ class StreamReader:
         put: Callable[[LiveFrame], int | None],
         publish: Callable[[dict[str, Any]], None],
         end: Callable[[str, str, int | None], None],
+        first_seq: int = 0,
     ) -> None:
         self.session_id = session_id
         self.url = url
@@ -62,7 +63,7 @@ class StreamReader:
         self._publish = publish  # an event to the session's clients
         self._end = end  # (status, message, the last seq read): the session ends once that frame is answered
         self._stop = threading.Event()
-        self._seq = 0
+        self._seq = first_seq
         self._skipped: list[int] = []
         self._skipped_at = 0.0
 

@@ -48,10 +48,11 @@ def decode_image(data: bytes) -> np.ndarray:
 class StreamSession:
     """The model-side state of one live session; only the model thread touches it (but ``cancel``)."""
 
-    def __init__(self, loaded: LoadedSam3, *, store: bool, mask_format: str) -> None:
+    def __init__(self, loaded: LoadedSam3, *, store: bool, mask_format: str, first_frame: int = 0) -> None:
         self.loaded = loaded
         self.store = store
         self.mask_format = mask_format
+        self.first_frame = first_frame  # what the client is told a frame's number is: first_frame + the model's index
         self.stream: LiveStream | None = None  # from the first frame on (it gives the size)
         self.texts: list[str] = []
         self.frame_of_seq: OrderedDict[int, int] = OrderedDict()  # recent computed frames' seq -> model frame index
@@ -69,7 +70,7 @@ class StreamSession:
         self.frame_of_seq[frame.seq] = index
         while len(self.frame_of_seq) > KEEP_FRAMES:
             self.frame_of_seq.popitem(last=False)
-        return {"seq": frame.seq, "frame": index, "ts": frame.ts, "objects": objects_payload(parts, self.mask_format)}
+        return {"seq": frame.seq, "frame": self.first_frame + index, "ts": frame.ts, "objects": objects_payload(parts, self.mask_format)}
 
     def _frame_of(self, seq: int) -> tuple[LiveStream, int]:
         index = self.frame_of_seq.get(seq)
@@ -121,7 +122,10 @@ class StreamSession:
             )
         except ValueError as error:
             raise InvalidInput(str(error), code="invalid_prompt") from None
-        return {"seq": prompt.frame, "frame": index, "object_id": object_id, "objects": objects_payload([instances], self.mask_format)}
+        return {
+            "seq": prompt.frame, "frame": self.first_frame + index, "object_id": object_id,
+            "objects": objects_payload([instances], self.mask_format),
+        }
 
     def remove_object(self, object_id: int) -> None:
         stream = self.stream

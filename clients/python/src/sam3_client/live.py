@@ -210,6 +210,9 @@ class LiveRun:
                 self.skipped.extend(seqs)
             elif kind == "prompt_result" and "texts" in event:
                 self.texts = [str(t) for t in event["texts"]]
+            elif kind == "status" and event.get("status") == "recovering":
+                # the worker died: frames it had are not answered; the session goes on on another one
+                outstanding.clear()
             elif kind == "status" and event.get("status") in ENDED:
                 raise api_error(410, f"session_{event['status']}", event.get("message") or f"The session is {event['status']}.")
             elif kind == "error":
