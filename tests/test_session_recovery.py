@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 from websockets.sync.client import connect
 
@@ -123,5 +124,34 @@ def test_live_session_goes_on_on_another_worker_after_kill_9(start_server, tiny_
         assert session.worker != old_worker and session.status == "ready"
         stored = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?limit=100").json()["results"]
         assert [(f["seq"], f["frame"]) for f in stored] == [(seq, seq) for seq in range(8)]
+    finally:
+        workers.stop()
+
+
+def test_the_python_clients_live_stream_carries_on_across_a_worker_kill(start_server, tiny_checkpoint, tmp_path, alice) -> None:
+    """``client.live()`` goes on when the session's worker is killed mid-stream: the frames the dead
+    worker had are given up, the later ones are answered by the new worker, nothing raises."""
+    from sam3_client import Client
+
+    from tests.test_live_video import HEIGHT, WIDTH
+
+    default_timeout = Config.model_fields["worker_heartbeat_timeout_seconds"].default
+    workers = launch_workers(
+        tmp_path, tiny_checkpoint, devices=("cpu", "cpu"), WORKER_HEARTBEAT_TIMEOUT_SECONDS=str(default_timeout)
+    )
+    frames = 16
+    images = [np.full((HEIGHT, WIDTH, 3), 10 * index, np.uint8) for index in range(frames)]
+    try:
+        server = start_server()
+        with Client(server.url, alice.key) as client:
+            live = client.live(images, text="dog")
+            answered, old_worker = [], None
+            for result in live:
+                answered.append(result.seq)
+                if result.seq == 3:
+                    old_worker = VideoSession.objects.get(pk=live.session_id).worker
+                    os.kill(int(old_worker.rsplit(":", 1)[1]), signal.SIGKILL)
+        assert answered[:4] == [0, 1, 2, 3] and answered[-1] == frames - 1 and answered == sorted(answered)
+        assert VideoSession.objects.get(pk=live.session_id).worker != old_worker
     finally:
         workers.stop()
