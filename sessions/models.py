@@ -29,7 +29,10 @@ class VideoSession(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="video_sessions")
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.VIDEO)
     video = models.ForeignKey("uploads.Upload", on_delete=models.PROTECT, related_name="video_sessions", null=True, blank=True)
-    live = models.JSONField(default=dict, blank=True, help_text="Live sessions: store (bool), mask_format, source_url (a stream URL session; shown redacted).")
+    live = models.JSONField(
+        default=dict, blank=True,
+        help_text="Live sessions: store (bool), mask_format, source_url (a stream URL session; shown redacted).",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING, db_index=True)
     worker = models.CharField(max_length=200, blank=True, help_text="The model worker holding the session's state.")
     worker_queue = models.CharField(max_length=200, blank=True)
