@@ -16,6 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # tini is PID 1: it forwards SIGTERM to the server and reaps the worker processes that
 # run_workers starts. No other system libraries are needed: opencv-python-headless, PyAV and
 # torch bundle theirs (libgomp included); libcuda is mounted by the NVIDIA runtime.
+# tini is not pinned (hadolint DL3008): Debian drops superseded versions from its mirrors, so a pin breaks the build.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
@@ -27,9 +29,13 @@ RUN groupadd --system --gid 10001 sam3 \
 
 WORKDIR /app
 
-# Dependencies first so code changes do not reinstall torch; exact versions from the lock.
-COPY requirements.txt constraints.txt ./
-RUN pip install -r requirements.txt -c constraints.txt
+# Dependencies first so code changes do not reinstall torch: the same install script as
+# scripts/serve.sh and .ci/run (requirements.txt at the lock's exact versions, into /app/.venv;
+# it stops with pip's message when the install fails). Its stamp hashes every requirements file.
+COPY requirements.txt requirements-dev.txt constraints.txt ./
+COPY scripts/bootstrap.sh scripts/
+RUN bash scripts/bootstrap.sh requirements.txt
+ENV PATH=/app/.venv/bin:$PATH
 
 # The code stays root-owned (read-only for the server); only the data paths are writable.
 COPY . .

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Validate the deployment files offline:
+#   - the Dockerfile with hadolint, and the paths it copies and runs;
 #   - docker-compose.yml with docker-compose 1.29 (installed from apt when missing) and the
 #     required DJANGO_SECRET_KEY guard;
 #   - deploy/k8s/*.yaml with kubernetes-validate --strict (from the active Python environment,
@@ -30,6 +31,50 @@ step "docker-compose refuses to start without DJANGO_SECRET_KEY"
 if env -u DJANGO_SECRET_KEY docker-compose -f docker-compose.yml config -q >/dev/null 2>&1; then
     fail "docker-compose.yml must require DJANGO_SECRET_KEY (\${DJANGO_SECRET_KEY:?...})"
 fi
+
+# ---------------------------------------------------------------- Dockerfile
+# No Docker engine here: hadolint lints it, and every path it copies or runs must exist in the
+# build context (present and not excluded by .dockerignore). What only a real build shows (the
+# base image, apt, pip inside the image) is not verified here.
+HADOLINT=hadolint
+command -v "$HADOLINT" >/dev/null 2>&1 || HADOLINT=.venv/bin/hadolint
+[ -x "$(command -v "$HADOLINT")" ] || fail "hadolint not found: pip install -r requirements-dev.txt"
+step "hadolint Dockerfile ($("$HADOLINT" --version | head -n1))"
+"$HADOLINT" --no-color Dockerfile || fail "Dockerfile: hadolint"
+
+step "Dockerfile: COPY sources and RUN scripts are in the build context"
+python3 - <<'PYEOF' || fail "Dockerfile names paths the build context does not have"
+import fnmatch, pathlib, re, shlex, sys
+
+ignored = [l.strip().rstrip("/") for l in pathlib.Path(".dockerignore").read_text().splitlines()
+           if l.strip() and not l.startswith("#") and not l.startswith("!")]
+def excluded(path: str) -> bool:
+    parts = pathlib.PurePath(path).parts
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatch(prefix, pattern.removeprefix("**/")) or fnmatch.fnmatch(prefix, pattern)
+               for pattern in ignored for prefix in prefixes)
+
+text = re.sub(r"\\\n", " ", pathlib.Path("Dockerfile").read_text())
+problems = []
+for line in text.splitlines():
+    words = shlex.split(line, comments=True) if line.strip() else []
+    if not words:
+        continue
+    instruction, arguments = words[0].upper(), words[1:]
+    if instruction in ("COPY", "ADD") and not any(a.startswith("--from") for a in arguments):
+        for source in [a for a in arguments if not a.startswith("--")][:-1]:
+            matches = [str(m) for m in pathlib.Path().glob(source)] if source != "." else ["."]
+            if not matches:
+                problems.append(f"{instruction} {source}: no such path")
+            problems += [f"{instruction} {m}: excluded by .dockerignore" for m in matches if m != "." and excluded(m)]
+    if instruction == "RUN":
+        for path in re.findall(r"(?<![\w/.-])((?:scripts|\.ci)/[\w./-]+|manage\.py)", " ".join(arguments)):
+            if not pathlib.Path(path).exists():
+                problems.append(f"RUN uses {path}: no such file")
+for problem in problems:
+    print(problem, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PYEOF
 
 # ---------------------------------------------------------------- kubernetes
 KV=kubernetes-validate

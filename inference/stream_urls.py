@@ -6,8 +6,9 @@ cloud metadata service, included), private, unique-local, multicast, reserved or
 ``STREAM_URL_ALLOWLIST`` names hosts, addresses or networks accepted nevertheless (a camera on the
 LAN). The web checks at creation, the worker again before every connection.
 
-http(s) redirects are followed here, not by ffmpeg: :func:`resolve_redirects` asks with
-``allow_redirects=False`` and checks every ``Location`` before following it; the worker hands
+http(s) redirects are followed here, not by ffmpeg: :func:`resolve_redirects` asks for the headers
+alone (the standard library's ``http.client``, which never follows a redirect) and checks every
+``Location`` before following it; the worker hands
 ffmpeg the final URL with ``max_redirects=0`` (ffmpeg >= 8 then fails on a redirect instead of
 following it). What is left to trust: DNS answering ffmpeg as it answered the check (rebinding),
 and the segment URLs of an HLS playlist (fetched by ffmpeg, unchecked; network protocols only).
@@ -19,11 +20,11 @@ carry :func:`redact`'s form, and text from libraries goes through :func:`scrub`.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import ipaddress
 import socket
-from urllib.parse import SplitResult, urljoin, urlsplit
-
-import requests
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from sam3site.errors import InvalidInput
 
@@ -123,6 +124,23 @@ def check_stream_url(url: str, allowlist: list[str]) -> str:
     return url
 
 
+def _status_and_location(url: str, timeout: float) -> tuple[int, str | None]:
+    """The status and ``Location`` of a GET for an http(s) ``url``: headers only, no redirect followed."""
+    parts = urlsplit(url)
+    connection_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+    connection = connection_type(parts.hostname or "", parts.port, timeout=timeout)
+    headers = {"User-Agent": "sam3-server"}
+    if parts.username is not None:  # http://user:pass@camera/...: basic auth, as a browser would send it
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    try:
+        connection.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")), headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("Location")
+    finally:
+        connection.close()
+
+
 def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
     """The URL an http(s) ``url`` leads to, every hop checked before it is contacted; others as given.
 
@@ -133,9 +151,8 @@ def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_
         return url
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            with requests.get(url, stream=True, allow_redirects=False, timeout=timeout) as response:  # headers only
-                status, location = response.status_code, response.headers.get("Location")
-        except requests.RequestException as error:
+            status, location = _status_and_location(url, timeout)
+        except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...
             raise InvalidInput(
                 f"The stream URL {redact(url)} could not be reached: {scrub(str(error), url)}", code="stream_url_unreachable",
             ) from None

@@ -144,7 +144,7 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
     """Start `manage.py serve` (the README's server command) as a real process on free ports."""
     started: list[LiveServer] = []
 
-    def start(**env_overrides: str) -> LiveServer:
+    def start(*, python: str = sys.executable, cwd: Path = ROOT, **env_overrides: str) -> LiveServer:
         port, metrics_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -157,8 +157,8 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
         }
         log_path = tmp_path / f"server-{port}.log"
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--no-migrate"],
-            cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [python, "manage.py", "serve", "--no-migrate"],
+            cwd=cwd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", process, log_path)
         started.append(server)
@@ -222,9 +222,11 @@ def read_registry() -> list:
 
 
 def launch_workers(
-    log_dir: Path, checkpoint: Path, *, devices: tuple[str, ...] = ("cpu",), wait_for: str = "ready", **env_overrides: str
+    log_dir: Path, checkpoint: Path, *, devices: tuple[str, ...] = ("cpu",), wait_for: str = "ready",
+    python: str = sys.executable, cwd: Path = ROOT, **env_overrides: str,
 ) -> Workers:
-    """`manage.py run_workers` as a real process group: Celery workers that load the model."""
+    """`manage.py run_workers` as a real process group: Celery workers that load the model
+    (``python`` and ``cwd``: another environment and copy of the code, e.g. the runtime-only install)."""
     import redis
 
     from inference import registry
@@ -241,8 +243,8 @@ def launch_workers(
     }
     log_path = log_dir / f"workers-{metrics_port}.log"
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_workers", "--devices", *devices],
-        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [python, "manage.py", "run_workers", "--devices", *devices],
+        cwd=cwd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     workers = Workers(process, f"http://127.0.0.1:{metrics_port}", log_path, [])
     deadline = time.monotonic() + 120
