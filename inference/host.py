@@ -29,6 +29,7 @@ from inference.runtime.engine import (
     warmup,
 )
 from inference.runtime.loader import LoadedSam3, ModelLoadError, load_sam3
+from inference.runtime.mask_postprocessing import MaskPostprocessing
 from inference.runtime.tiny import write_tiny_checkpoint
 from sam3site.errors import InvalidInput, ModelUnavailable
 
@@ -50,6 +51,7 @@ class HostSettings:
     max_batch_size: int = 1
     tiny_fallback_dir: Path | None = None  # embedded quick start: write and use the tiny model when weights are missing
     conversion_cache_dir: Path | None = None  # where Meta's sam3.pt is converted to (once) and file hashes are kept
+    mask_postprocessing: MaskPostprocessing = "meta"  # MASK_POSTPROCESSING
 
 
 @dataclass
@@ -83,7 +85,7 @@ class ModelHost:
             self.loaded = load_sam3(
                 checkpoint, bpe_path, self.settings.device,
                 compile=self.settings.compile, resolution=self.settings.resolution,
-                cache_dir=self.settings.conversion_cache_dir,
+                cache_dir=self.settings.conversion_cache_dir, mask_postprocessing=self.settings.mask_postprocessing,
             )
             warmup(self.loaded)
         except ModelLoadError as error:

@@ -47,6 +47,7 @@ def host_settings(device: str, *, tiny_fallback: bool = False) -> HostSettings:
         max_batch_size=config.inference_max_batch_size,
         tiny_fallback_dir=Path(config.data_dir) / "tiny-sam3" if tiny_fallback else None,
         conversion_cache_dir=conversion_cache_dir(config.data_dir),
+        mask_postprocessing=config.mask_postprocessing,
     )
 
 

@@ -98,6 +98,13 @@ class Config(BaseSettings):
     video_model_temporal_disambiguation: bool = Field(
         True, description="SAM3's temporal disambiguation heuristics during video tracking."
     )
+    mask_postprocessing: Literal["meta", "off"] = Field(
+        "meta",
+        description="Mask post-processing: meta (as Meta's SAM3: on video, detection NMS at the model's det_nms_thresh and "
+        "holes / specks under fill_hole_area pixels filled / removed; on image clicks and boxes, background holes of up "
+        "to 256 low-resolution pixels filled; computed in-project, nothing downloaded) or off (as transformers without "
+        "its hub kernel: every video detection kept, no hole filled).",
+    )
     video_detection_threshold: float | None = Field(
         None, ge=0.0, le=1.0,
         description="Override the video model's detection and new-object score thresholds (unset: the checkpoint's).",

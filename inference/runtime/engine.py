@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch's own idiom)
 from inference.jobs import TEXT_PROMPT_MAX_TOKENS, text_prompt_too_long_message
 
 from .loader import LoadedSam3, detector_text_config
+from .mask_postprocessing import fill_interactive_holes
 
 if TYPE_CHECKING:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -436,6 +437,8 @@ def segment_interactive(
             multimask_output=multimask,
             high_resolution_features=list(embeddings[:-1]),
         )
+        if loaded.mask_postprocessing == "meta":
+            low_res_masks = fill_interactive_holes(low_res_masks)
         masks = loaded.tracker_processor.post_process_masks(low_res_masks, [[height, width]])[0][0]
         scores = iou_scores[0, 0].float()
         order = torch.argsort(scores, descending=True, stable=True)

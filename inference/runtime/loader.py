@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoModel
 
+    from .mask_postprocessing import MaskPostprocessing
+
 # transformers reads this when it is imported; set it before the first import anywhere here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -79,6 +81,7 @@ class LoadedSam3:
     # bounded LRU, a few tens of KB per entry on the model device.
     text_cache: OrderedDict[str, BaseModelOutputWithPooling] = field(default_factory=OrderedDict, repr=False)
     text_cache_size: int = 128
+    mask_postprocessing: MaskPostprocessing = "meta"  # see mask_postprocessing
 
     @property
     def detector(self) -> Sam3Model:
@@ -360,6 +363,7 @@ def load_sam3(
     resolution: int | None = None,
     half: bool | None = None,
     cache_dir: Path | None = None,
+    mask_postprocessing: MaskPostprocessing = "meta",
 ) -> LoadedSam3:
     """Load SAM3 for inference on ``device``.
 
@@ -371,9 +375,14 @@ def load_sam3(
     support it, float32 elsewhere (half precision is never used on CPU, where it is slow, nor as
     float16, whose range breaks results); False = float32 everywhere. ``compile`` wraps the vision encoder in ``torch.compile`` (the
     first call per batch size then compiles). ``resolution`` overrides the 1008 px input size.
+    ``mask_postprocessing``: ``meta`` runs the detection NMS and hole filling Meta's SAM3 runs on
+    video masks (``mask_postprocessing``), ``off`` skips them as transformers does without its hub kernel.
     """
     import torch
 
+    from .mask_postprocessing import install_video_postprocessing
+
+    install_video_postprocessing(mask_postprocessing)
     resolved = resolve_checkpoint(checkpoint, cache_dir)
     directory = resolved.directory
     config = _read_config(directory, resolution)
@@ -414,6 +423,7 @@ def load_sam3(
         "resolution": image_size,
         "tiny_random": is_tiny,
         "compiled": bool(compile),
+        "mask_postprocessing": mask_postprocessing,
         "tokenizer": tokenizer_source,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
@@ -431,4 +441,5 @@ def load_sam3(
         is_tiny_random=is_tiny,
         checkpoint_sha256=resolved.sha256,
         identity=identity,
+        mask_postprocessing=mask_postprocessing,
     )
