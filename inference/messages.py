@@ -129,6 +129,7 @@ class VideoPrompt:
 @dataclass(frozen=True)
 class OpenSession:
     video_path: str
+    epoch: int = 1  # the session's ownership epoch: the worker's writes and events for it carry it
     op: Literal["open"] = "open"
 
 
@@ -140,6 +141,7 @@ class OpenLive:
     mask_format: Literal["rle", "polygons", "png", "none"] = "rle"
     source_url: str | None = None  # frames read from this stream by the worker (inference.stream_urls), not pushed
     first_frame: int = 0  # rebuilt after its worker died: frames (a stream URL's seqs too) are numbered on from here
+    epoch: int = 1  # as OpenSession's
     op: Literal["open_live"] = "open_live"
 
 

@@ -44,29 +44,45 @@ class ReplayPlan:
 class OpenSession:
     session_id: str
     worker: str
+    epoch: int  # the ownership epoch (fencing token): raised by every claim
+
+
+class SessionFenced(Exception):
+    """A worker wrote or published for a session another worker has claimed since (a newer epoch):
+    nothing was written; the worker must let its state of the session go."""
+
+    def __init__(self, session_id: str, epoch: int) -> None:
+        super().__init__(f"session {session_id}: epoch {epoch} is no longer the owner's")
+        self.session_id, self.epoch = session_id, epoch
 
 
 class SessionStore(Protocol):
+    """A worker's writes carry its ``epoch`` and raise :class:`SessionFenced` when it is no longer
+    the session's (compare-and-set, in the write's own transaction or Redis script)."""
+
     def open_sessions(self) -> list[OpenSession]: ...
 
     def replay_plan(self, session_id: str) -> ReplayPlan: ...
 
-    def claim(self, *, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:
-        """Take over a session whose worker died; exactly one claimant wins (the status becomes recovering)."""
+    def claim(self, *, session_id: str, from_worker: str, from_epoch: int, to_worker: str, to_queue: str) -> int | None:
+        """Take over a session whose worker died: exactly one claimant wins and gets the new epoch
+        (the status becomes recovering); None for the others."""
         ...
 
-    def set_status(self, *, session_id: str, status: str, from_statuses: Iterable[str], error: str = "") -> bool:
+    def set_status(
+        self, *, session_id: str, status: str, from_statuses: Iterable[str], epoch: int, error: str = ""
+    ) -> bool:
         """Compare-and-set: True when the session was in one of ``from_statuses`` and moved."""
         ...
 
-    def propagation_update(self, *, session_id: str, **changes: Any) -> None: ...
+    def propagation_update(self, *, session_id: str, epoch: int, **changes: Any) -> None: ...
 
-    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> bool:
+    def frame_result_store(self, *, session_id: str, epoch: int, payload: dict[str, Any]) -> bool:
         """Store a frame's result; False (nothing stored) once the session has ended."""
         ...
 
-    def publish(self, session_id: str, event: dict[str, Any]) -> None:
-        """Tell the session's websocket clients, in order; never raises or blocks."""
+    def publish(self, session_id: str, event: dict[str, Any], *, epoch: int) -> None:
+        """Tell the session's websocket clients, in order; never blocks for long."""
         ...
 
     def sweep(self) -> None:

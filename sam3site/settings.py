@@ -10,7 +10,7 @@ import dj_database_url
 
 from sam3site.config import BASE_DIR, get_config
 from sam3site.logging import configure_logging
-from sam3site.processes import SERVING_ENV
+from sam3site.processes import SERVING_ENV, WORKER_QUEUE_ENV
 
 CONFIG = get_config()
 configure_logging(CONFIG.log_level)
@@ -100,6 +100,19 @@ if CONFIG.database_url:
             "min_size": 1, "max_size": CONFIG.database_pool_size, "timeout": CONFIG.database_pool_timeout_seconds,
             "max_idle": 60,
         }
+        # A peer that stops answering (partition, paused host) is noticed by TCP within ~10 s, not hours.
+        DATABASES["default"]["OPTIONS"].update(
+            {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 10_000}
+        )
+        if os.environ.get(WORKER_QUEUE_ENV):
+            # Model workers (docs/video-sessions.md, "Ownership"): a claim waits at most 2 s for a row
+            # lock (the watchdog tries again next round), and the server ends a worker's transaction
+            # left idle for 5 s (a paused or cut-off worker), releasing its locks; the server's own
+            # keepalives drop a connection whose worker vanished.
+            DATABASES["default"]["OPTIONS"]["options"] = (
+                "-c lock_timeout=2s -c idle_in_transaction_session_timeout=5s"
+                " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+            )
 else:
     CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
     DATABASES = {

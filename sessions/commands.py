@@ -102,10 +102,10 @@ async def session_open(*, owner: User, video_id: Any = None, live: dict[str, Any
     worker, queue = await gateway().session_worker(load)
     session = await sync_to_async(_create_record)(owner, video_id, worker, queue, live)
     if live is not None:
-        opening: SessionCommand = OpenLive(**live)
+        opening: SessionCommand = OpenLive(**live, epoch=session.owner_epoch)
     else:
         assert session.video is not None  # _create_record found it
-        opening = OpenSession(str(session.video.path))
+        opening = OpenSession(str(session.video.path), epoch=session.owner_epoch)
     try:
         opened = await send(session, opening)
     except ApiError as error:

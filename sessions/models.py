@@ -36,6 +36,11 @@ class VideoSession(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING, db_index=True)
     worker = models.CharField(max_length=200, blank=True, help_text="The model worker holding the session's state.")
     worker_queue = models.CharField(max_length=200, blank=True)
+    owner_epoch = models.PositiveIntegerField(
+        default=1,
+        help_text="Ownership epoch (fencing token): raised by every claim of the session by another worker; "
+        "a worker's writes and events for the session count only while it is the current one.",
+    )
     frame_count = models.PositiveIntegerField()
     fps = models.FloatField(null=True, blank=True)
     width = models.PositiveIntegerField()

@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from inference.session_store import LoggedPrompt, OpenSession, ReplayPlan
+from inference.session_store import LoggedPrompt, OpenSession, ReplayPlan, SessionFenced
 from sessions import events, selectors, services
 from sessions.models import VideoSession
 
 
 class DatabaseSessionStore:
     def open_sessions(self) -> list[OpenSession]:
-        return [OpenSession(str(pk), worker) for pk, worker in selectors.open_sessions().values_list("pk", "worker")]
+        rows = selectors.open_sessions().values_list("pk", "worker", "owner_epoch")
+        return [OpenSession(str(pk), worker, epoch) for pk, worker, epoch in rows]
 
     def replay_plan(self, session_id: str) -> ReplayPlan:
         session = VideoSession.objects.select_related("video").get(pk=session_id)
@@ -27,20 +28,23 @@ class DatabaseSessionStore:
             video_path=str(session.video.path), propagation_running=session.propagation.get("state") == "running", prompts=prompts,
         )
 
-    def claim(self, *, session_id: str, from_worker: str, to_worker: str, to_queue: str) -> bool:
-        return services.session_claim(session_id=session_id, from_worker=from_worker, to_worker=to_worker, to_queue=to_queue)
+    def claim(self, *, session_id: str, from_worker: str, from_epoch: int, to_worker: str, to_queue: str) -> int | None:
+        return services.session_claim(
+            session_id=session_id, from_worker=from_worker, from_epoch=from_epoch, to_worker=to_worker, to_queue=to_queue,
+        )
 
-    def set_status(self, *, session_id: str, status: str, from_statuses: Iterable[str], error: str = "") -> bool:
-        return services.session_set_status(session_id=session_id, status=status, from_statuses=from_statuses, error=error)
+    def set_status(self, *, session_id: str, status: str, from_statuses: Iterable[str], epoch: int, error: str = "") -> bool:
+        return services.session_set_status(session_id=session_id, status=status, from_statuses=from_statuses, error=error, epoch=epoch)
 
-    def propagation_update(self, *, session_id: str, **changes: Any) -> None:
-        services.propagation_update(session_id=session_id, **changes)
+    def propagation_update(self, *, session_id: str, epoch: int, **changes: Any) -> None:
+        services.propagation_update(session_id=session_id, epoch=epoch, **changes)
 
-    def frame_result_store(self, *, session_id: str, payload: dict[str, Any]) -> bool:
-        return services.frame_result_store(session_id=session_id, payload=payload)
+    def frame_result_store(self, *, session_id: str, epoch: int, payload: dict[str, Any]) -> bool:
+        return services.frame_result_store(session_id=session_id, epoch=epoch, payload=payload)
 
-    def publish(self, session_id: str, event: dict[str, Any]) -> None:
-        events.publish(session_id, event)
+    def publish(self, session_id: str, event: dict[str, Any], *, epoch: int) -> None:
+        if not events.publish_as_owner(session_id, event, epoch):
+            raise SessionFenced(session_id, epoch)
 
     def sweep(self) -> None:
         services.sessions_sweep()

@@ -5,19 +5,26 @@ or each other; a propagation is a stream that yields after every frame, so other
 image requests interleave with it. The model thread only computes: frame results, progress,
 the final status and the events go to the worker's writer thread (:mod:`.writer`), in order.
 Session records are reached through :class:`inference.session_store.SessionStore`.
+
+Ownership (docs/video-sessions.md, "Ownership"): the worker holds each session at an epoch, given
+when it opened or claimed it; every write and event for the session carries that epoch, and one
+refused (:class:`~inference.session_store.SessionFenced`: another worker claimed the session
+since, e.g. while this one was paused or cut off) makes the worker let its state of the session
+go at once. The watchdog lets go, too, of sessions the records show owned by another worker.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import OperationalError, close_old_connections
 from django.utils import timezone
 from loguru import logger
 
@@ -43,7 +50,16 @@ from inference.messages import (
 )
 from inference.runtime.video import set_temporal_disambiguation
 from inference.runtime_process import ModelRuntime
-from inference.session_store import FAILED, PROPAGATING, READY, RECOVERING, ReplayPlan, session_store
+from inference.session_store import (
+    FAILED,
+    PROPAGATING,
+    READY,
+    RECOVERING,
+    ReplayPlan,
+    SessionFenced,
+    SessionStore,
+    session_store,
+)
 from inference.video_sessions.encoding import frame_payload
 from inference.video_sessions.live import FrameObjects, LiveSession
 from inference.video_sessions.stream_reader import StreamReader
@@ -64,7 +80,9 @@ class SessionManager:
         self.runtime = runtime
         self.live: dict[str, LiveSession | StreamSession] = {}
         self.answered: dict[str, int] = {}  # live sessions: the last seq answered (computed or refused)
-        self.writer = ResultWriter()
+        self.epochs: dict[str, int] = {}  # the ownership epoch each session is held at here
+        self.fenced: set[tuple[str, int]] = set()  # (session, epoch) another worker has taken over since
+        self.writer = ResultWriter(on_fenced=lambda fenced: self._let_go(fenced.session_id, fenced.epoch))
         # Live sessions' frames: left by the web in slots (Redis, or this process's memory on the embedded default).
         self.slots = RedisSlots(runtime.queue) if runtime.queue is not None else MemorySlots()
         self.pump = FramePump(self.slots, self._compute_live_frame, self._deliver_live_frame, self._refuse_live_frame)
@@ -87,6 +105,43 @@ class SessionManager:
             return done
         return self.runtime.scheduler.call(lambda: self._apply(session_id, command))
 
+    def _forget(self, session_id: str, held: LiveSession | StreamSession | None = None) -> bool:
+        """Drop the session's state here (only ``held``, when given: not a newer one). True when there was some."""
+        if held is not None and self.live.get(session_id) is not held:
+            return False
+        live = self.live.pop(session_id, None)
+        self.slots.discard(session_id)
+        self.answered.pop(session_id, None)
+        if live is not None:
+            live.cancel.set()
+            live.close()
+        return live is not None
+
+    # --- ownership ---
+
+    def _owns(self, session_id: str, epoch: int) -> bool:
+        return (session_id, epoch) not in self.fenced
+
+    def _let_go(self, session_id: str, epoch: int) -> None:
+        """Another worker owns the session since ``epoch``: no more writes for it, its state goes (any thread)."""
+        if (session_id, epoch) in self.fenced or self.epochs.get(session_id) != epoch:
+            return
+        self.fenced.add((session_id, epoch))
+        logger.warning("Session {} was taken over by another worker: epoch {} here is fenced, its state dropped", session_id, epoch)
+        held = self.live.get(session_id)
+        if held is not None:
+            held.cancel.set()  # a running propagation stops before its next frame
+            self.runtime.scheduler.call(lambda: self._forget(session_id, held))
+
+    def _write(self, session_id: str, epoch: int, write: Callable[[SessionStore], None]) -> None:
+        """Have the writer thread do ``write`` for the session's owner at ``epoch`` (skipped once fenced)."""
+
+        def guarded() -> None:
+            if self._owns(session_id, epoch):
+                write(session_store())  # SessionFenced reaches the writer, which calls _let_go
+
+        self.writer.submit(guarded)
+
     def _live(self, session_id: str) -> LiveSession | StreamSession:
         live = self.live.get(session_id)
         if live is None:
@@ -105,9 +160,12 @@ class SessionManager:
         return loaded
 
     def _apply(self, session_id: str, command: SessionCommand) -> dict[str, Any]:
+        if isinstance(command, OpenSession | OpenLive) and session_id in self.live and self.epochs.get(session_id) != command.epoch:
+            self._forget(session_id)  # held from an earlier ownership: rebuilt at the new epoch
         if isinstance(command, OpenSession):
             if session_id not in self.live:
                 self.live[session_id] = LiveSession(self._loaded(), Path(command.video_path))
+                self.epochs[session_id] = command.epoch
             opened = self.live[session_id]
             return {"frame_count": opened.frame_count if isinstance(opened, LiveSession) else 0}
         if isinstance(command, OpenLive):
@@ -115,18 +173,13 @@ class SessionManager:
                 opened = self.live[session_id] = StreamSession(
                     self._loaded(), store=command.store, mask_format=command.mask_format, first_frame=command.first_frame
                 )
+                self.epochs[session_id] = command.epoch
                 if command.source_url:
                     opened.reader = self._stream_reader(session_id, command.source_url, first_seq=command.first_frame)
                     opened.reader.start()
             return {"frame_count": 0}
         if isinstance(command, CloseSession):
-            live = self.live.pop(session_id, None)
-            self.slots.discard(session_id)
-            self.answered.pop(session_id, None)
-            if live is not None:
-                live.cancel.set()
-                live.close()
-            return {"closed": live is not None}
+            return {"closed": self._forget(session_id)}
         live = self._live(session_id)
         if isinstance(command, RemoveObject):
             live.remove_object(command.object_id)
@@ -157,19 +210,21 @@ class SessionManager:
     def _deliver_live_frame(self, session_id: str, result: dict[str, Any]) -> None:
         live = self.live.get(session_id)
         store_it = isinstance(live, StreamSession) and live.store
+        epoch = self.epochs.get(session_id, 0)
 
-        def write() -> None:
-            store = session_store()
-            if store_it and not store.frame_result_store(session_id=session_id, payload=result):
+        def write(store: SessionStore) -> None:
+            if store_it and not store.frame_result_store(session_id=session_id, epoch=epoch, payload=result):
                 return  # the session ended meanwhile
-            store.publish(session_id, live_frame_event(result))
+            store.publish(session_id, live_frame_event(result), epoch=epoch)
 
-        self.writer.submit(write)
+        self._write(session_id, epoch, write)
         self.answered[session_id] = result["seq"]
 
     def _stream_reader(self, session_id: str, url: str, *, first_seq: int) -> StreamReader:
+        epoch = self.epochs[session_id]
+
         def publish(event: dict[str, Any]) -> None:
-            self.writer.submit(lambda: session_store().publish(session_id, event))
+            self._write(session_id, epoch, lambda store: store.publish(session_id, event, epoch=epoch))
 
         def end(status: str, message: str, last_seq: int | None) -> None:
             """On the reader's thread: once the frames read are answered, end the session (compare-and-set
@@ -180,13 +235,20 @@ class SessionManager:
             while True:
                 moved: Future = Future()  # the writer ends it: after the frames it is publishing
 
-                def write(moved: Future = moved) -> None:
-                    store = session_store()
-                    moved.set_result(store.set_status(session_id=session_id, status=status, error=message, from_statuses=[READY]))
+                def write(store: SessionStore, moved: Future = moved) -> None:
+                    try:
+                        moved.set_result(
+                            store.set_status(session_id=session_id, status=status, error=message, from_statuses=[READY], epoch=epoch)
+                        )
+                    except SessionFenced:
+                        moved.set_result(True)  # not ours to end any more
+                        raise
                     if moved.result():
-                        store.publish(session_id, StatusEvent(status, message=message).to_message())
+                        store.publish(session_id, StatusEvent(status, message=message).to_message(), epoch=epoch)
 
-                self.writer.submit(write)
+                if not self._owns(session_id, epoch):
+                    return
+                self._write(session_id, epoch, write)
                 try:
                     if moved.result(timeout=DRAIN_SECONDS) or time.monotonic() > deadline:
                         break
@@ -201,7 +263,8 @@ class SessionManager:
         )
 
     def _refuse_live_frame(self, session_id: str, error: LiveFrameError) -> None:
-        self.writer.submit(lambda: session_store().publish(session_id, error.to_message()))
+        epoch = self.epochs.get(session_id, 0)
+        self._write(session_id, epoch, lambda store: store.publish(session_id, error.to_message(), epoch=epoch))
         self.answered[session_id] = error.seq
 
     def _prompt(self, live: LiveSession, prompt: VideoPrompt) -> dict[str, Any]:
@@ -224,10 +287,10 @@ class SessionManager:
     # --- propagation: computed here, stored and published by the writer thread ---
 
     def _propagation(self, session_id: str, live: LiveSession, frames: Iterator[FrameObjects | None]) -> Generator[None, None, None]:
-        store, writer = session_store(), self.writer
+        epoch = self.epochs[session_id]
         done, last_frame = 0, None
         state, error = "done", ""
-        writer.submit(lambda: store.publish(session_id, StatusEvent(PROPAGATING).to_message()))
+        self._write(session_id, epoch, lambda store: store.publish(session_id, StatusEvent(PROPAGATING).to_message(), epoch=epoch))
         try:
             while True:
                 if live.cancel.is_set():  # before computing the next step: a closed session's frames are not wanted
@@ -242,13 +305,14 @@ class SessionManager:
                     continue
                 payload = frame_payload(item.frame, item.instances)
                 done, last_frame = done + 1, item.frame
-                writer.submit(_frame_writer(session_id, payload, done if done % PROGRESS_EVERY_FRAMES == 0 else None))
+                progress_at = done if done % PROGRESS_EVERY_FRAMES == 0 else None
+                self._write(session_id, epoch, _frame_writer(session_id, epoch, payload, progress_at))
                 yield
         except Exception as failure:  # noqa: BLE001 - reported to the client, the worker goes on
             logger.exception("Propagation of session {} failed", session_id)
             state, error = "failed", f"{type(failure).__name__}: {failure}"
         finally:
-            writer.submit(_end_writer(session_id, state, error, done, last_frame))
+            self._write(session_id, epoch, _end_writer(session_id, epoch, state, error, done, last_frame))
 
     # --- lifetime: recovery of orphaned sessions, sweeping ---
 
@@ -271,46 +335,54 @@ class SessionManager:
             try:
                 store = session_store()
                 alive = {w.name for w in registry.read_workers(client) if w.alive} | {self.runtime.name}
-                for orphan in [s for s in store.open_sessions() if s.worker not in alive]:
-                    if store.claim(
-                        session_id=orphan.session_id, from_worker=orphan.worker, to_worker=self.runtime.name,
-                        to_queue=self.runtime.queue or "",
-                    ):
-                        self._recover(orphan.session_id, orphan.worker)
+                opened = store.open_sessions()
+                for owner in opened:  # held here at an epoch the records have moved past: let go
+                    held = self.epochs.get(owner.session_id)
+                    if owner.session_id in self.live and held is not None and (owner.worker, owner.epoch) != (self.runtime.name, held):
+                        self._let_go(owner.session_id, held)
+                for orphan in [s for s in opened if s.worker not in alive]:
+                    epoch = store.claim(
+                        session_id=orphan.session_id, from_worker=orphan.worker, from_epoch=orphan.epoch,
+                        to_worker=self.runtime.name, to_queue=self.runtime.queue or "",
+                    )
+                    if epoch is not None:
+                        self._recover(orphan.session_id, orphan.worker, epoch)
+            except OperationalError as error:  # e.g. lock_timeout while a stalled worker holds a row: next round
+                logger.warning("Session watchdog: database not available this round ({})", str(error).strip().splitlines()[0])
             except Exception:  # noqa: BLE001 - the watchdog must keep watching
                 logger.exception("Session watchdog failed")
             finally:
                 close_old_connections()
 
-    def _recover(self, session_id: str, dead_worker: str) -> None:
-        logger.warning("Worker {} is gone; rebuilding session {} here", dead_worker, session_id)
+    def _recover(self, session_id: str, dead_worker: str, epoch: int) -> None:
+        logger.warning("Worker {} is gone; rebuilding session {} here (epoch {})", dead_worker, session_id, epoch)
         store = session_store()
-        store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message())
         try:
+            store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message(), epoch=epoch)
             plan = store.replay_plan(session_id)
             if plan.propagation_running:
-                store.propagation_update(session_id=session_id, state="interrupted")
-            notice = self.runtime.scheduler.call(lambda: self._replay(session_id, plan)).result()
+                store.propagation_update(session_id=session_id, epoch=epoch, state="interrupted")
+            notice = self.runtime.scheduler.call(lambda: self._replay(session_id, plan, epoch)).result()
+            if not store.set_status(session_id=session_id, status=READY, from_statuses=[RECOVERING], epoch=epoch):
+                logger.info("Session {} ended while being rebuilt; its state is let go", session_id)
+                self.execute(SessionMessage(session_id, CloseSession()))
+                return
+            store.publish(session_id, StatusEvent(READY, recovered=True, message=notice).to_message(), epoch=epoch)
+        except SessionFenced:  # claimed again by a third worker meanwhile
+            self._let_go(session_id, epoch)
         except Exception as failure:  # noqa: BLE001
             logger.exception("Session {} could not be rebuilt", session_id)
-            if store.set_status(session_id=session_id, status=FAILED, error=str(failure), from_statuses=[RECOVERING]):
-                store.publish(session_id, StatusEvent(FAILED, message=str(failure)).to_message())
+            with suppress(SessionFenced):
+                if store.set_status(session_id=session_id, status=FAILED, error=str(failure), from_statuses=[RECOVERING], epoch=epoch):
+                    store.publish(session_id, StatusEvent(FAILED, message=str(failure)).to_message(), epoch=epoch)
             self.execute(SessionMessage(session_id, CloseSession()))
-            return
-        if not store.set_status(
-            session_id=session_id, status=READY, from_statuses=[RECOVERING]
-        ):  # closed or expired while being rebuilt: nothing to keep
-            logger.info("Session {} ended while being rebuilt; its state is let go", session_id)
-            self.execute(SessionMessage(session_id, CloseSession()))
-            return
-        store.publish(session_id, StatusEvent(READY, recovered=True, message=notice).to_message())
 
-    def _replay(self, session_id: str, plan: ReplayPlan) -> str | None:
+    def _replay(self, session_id: str, plan: ReplayPlan, epoch: int) -> str | None:
         """Rebuild the live state from the prompt log, in order (on the model thread); what the client
         should know about the rebuilt session, if anything."""
         if plan.live is not None:
-            return self._replay_live(session_id, plan)
-        self._apply(session_id, OpenSession(plan.video_path))
+            return self._replay_live(session_id, plan, epoch)
+        self._apply(session_id, OpenSession(plan.video_path, epoch=epoch))
         for entry in plan.prompts:
             if entry.kind == "remove_object":
                 self._apply(session_id, RemoveObject(int(entry.payload["object_id"])))
@@ -322,11 +394,11 @@ class SessionManager:
                 self._prompt(live, VideoPrompt.from_payload(entry.payload))
         return None
 
-    def _replay_live(self, session_id: str, plan: ReplayPlan) -> str | None:
+    def _replay_live(self, session_id: str, plan: ReplayPlan, epoch: int) -> str | None:
         """A live session goes on from its next frame with its text prompts. Clicks and boxes named
         frames that were only on the lost worker, so their objects cannot be rebuilt."""
         assert plan.live is not None
-        self._apply(session_id, OpenLive(**{**plan.live, "first_frame": plan.next_frame}))
+        self._apply(session_id, OpenLive(**{**plan.live, "first_frame": plan.next_frame, "epoch": epoch}))
         clicked = False
         for entry in plan.prompts:
             if entry.kind == "reset":
@@ -354,32 +426,30 @@ class SessionManager:
                 close_old_connections()
 
 
-def _frame_writer(session_id: str, payload: dict[str, Any], progress_at: int | None):  # noqa: ANN202
-    def write() -> None:
-        store = session_store()
-        if not store.frame_result_store(session_id=session_id, payload=payload):
+def _frame_writer(session_id: str, epoch: int, payload: dict[str, Any], progress_at: int | None) -> Callable[[SessionStore], None]:
+    def write(store: SessionStore) -> None:
+        if not store.frame_result_store(session_id=session_id, epoch=epoch, payload=payload):
             return  # the session ended meanwhile: its frames are no longer wanted
-        store.publish(session_id, FrameEvent(payload["frame"], payload["objects"]).to_message())
+        store.publish(session_id, FrameEvent(payload["frame"], payload["objects"]).to_message(), epoch=epoch)
         if progress_at is not None:
-            store.propagation_update(session_id=session_id, frames_done=progress_at, last_frame=payload["frame"])
-            store.publish(session_id, ProgressEvent(progress_at, payload["frame"]).to_message())
+            store.propagation_update(session_id=session_id, epoch=epoch, frames_done=progress_at, last_frame=payload["frame"])
+            store.publish(session_id, ProgressEvent(progress_at, payload["frame"]).to_message(), epoch=epoch)
 
     return write
 
 
-def _end_writer(session_id: str, state: str, error: str, done: int, last_frame: int | None):  # noqa: ANN202
-    def write() -> None:
-        store = session_store()
+def _end_writer(session_id: str, epoch: int, state: str, error: str, done: int, last_frame: int | None) -> Callable[[SessionStore], None]:
+    def write(store: SessionStore) -> None:
         store.propagation_update(
-            session_id=session_id, state=state, frames_done=done, last_frame=last_frame,
+            session_id=session_id, epoch=epoch, state=state, frames_done=done, last_frame=last_frame,
             finished_at=timezone.now().isoformat(), **({"error": error} if error else {}),
         )
         # Only a propagating session becomes ready again: a session closed meanwhile stays closed.
-        ready = store.set_status(session_id=session_id, status=READY, from_statuses=[PROPAGATING])
+        ready = store.set_status(session_id=session_id, status=READY, from_statuses=[PROPAGATING], epoch=epoch)
         outcome: Literal["done", "cancelled", "error"] = "done" if state == "done" else ("cancelled" if state == "cancelled" else "error")
-        store.publish(session_id, PropagationEnded(outcome, done, error or None).to_message())
+        store.publish(session_id, PropagationEnded(outcome, done, error or None).to_message(), epoch=epoch)
         if ready:
-            store.publish(session_id, StatusEvent(READY).to_message())
+            store.publish(session_id, StatusEvent(READY).to_message(), epoch=epoch)
 
     return write
 

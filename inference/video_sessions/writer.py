@@ -16,11 +16,16 @@ from collections.abc import Callable
 from django.db import close_old_connections
 from loguru import logger
 
+from inference.session_store import SessionFenced
+
 MAX_PENDING_WRITES = 32  # about 32 frames of masks waiting at most; then the model thread waits
 
 
 class ResultWriter:
-    def __init__(self, *, max_pending: int = MAX_PENDING_WRITES) -> None:
+    """``on_fenced`` hears of every write refused because another worker owns its session since."""
+
+    def __init__(self, *, on_fenced: Callable[[SessionFenced], None], max_pending: int = MAX_PENDING_WRITES) -> None:
+        self._on_fenced = on_fenced
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(max_pending)
         self._thread = threading.Thread(target=self._run, name="session-writer", daemon=True)
         self._thread.start()
@@ -42,6 +47,8 @@ class ResultWriter:
         while (write := self._queue.get()) is not None:
             try:
                 write()
+            except SessionFenced as fenced:
+                self._on_fenced(fenced)
             except Exception:  # noqa: BLE001 - one failed write must not stop the ones after it
                 logger.exception("Session write failed")
             finally:
