@@ -50,6 +50,8 @@ def until(socket: ClientConnection, predicate, log: list[dict], timeout: float =
     while True:
         message = json.loads(socket.recv(timeout=max(0.1, deadline - time.monotonic())))
         log.append(message)
+        if message["type"] == "frame":
+            socket.send('{"type": "ack"}')  # as clients do: every frame then carries its masks
         if predicate(message):
             return message
 
