@@ -14,9 +14,14 @@ MAX_OFFSET = 10_000_000  # far beyond any list here, far below Postgres's bigint
 
 
 def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    given = request.query_params.getlist(name)
+    if not given:
         return default
+    if len(given) > 1:
+        raise InvalidInput(f"`{name}` is given {len(given)} times; give it once.", code="invalid_pagination")
+    raw = given[0]
+    if raw == "":
+        raise InvalidInput(f"`{name}` is empty: give an integer or leave it out.", code="invalid_pagination")
     try:
         value = int(raw, 10)
     except ValueError:

@@ -56,8 +56,8 @@ ENDED_STATUSES = frozenset({VideoSession.Status.CLOSED, VideoSession.Status.EXPI
 def _redeem_ticket(ticket: str, session_id: str) -> Any:
     key = ticket_cache_key(ticket)
     grant = cache.get(key)
-    cache.delete(key)  # single use
-    if not grant or grant["session_id"] != session_id:
+    # Single use: of handshakes racing with one ticket, only the one whose delete removed it gets in.
+    if not grant or not cache.delete(key) or grant["session_id"] != session_id:
         return None
     return get_user_model().objects.filter(pk=grant["user_id"], is_active=True).first()
 

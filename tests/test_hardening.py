@@ -32,7 +32,7 @@ def error_code(response) -> str:
 @pytest.mark.parametrize("path", LISTS)
 @pytest.mark.parametrize(
     "query", ["limit=9223372036854775808", "offset=9223372036854775808", "limit=-1", "limit=0", "limit=abc",
-              f"limit={MAX_PAGE_SIZE + 1}", "offset=-5", "offset=1.5", "limit=%00"],
+              f"limit={MAX_PAGE_SIZE + 1}", "offset=-5", "offset=1.5", "limit=%00", "offset=", "limit=", "limit=5&limit=6"],
 )
 def test_out_of_range_or_invalid_pagination_is_a_400(make_client, path: str, query: str) -> None:
     staff = make_client("root", staff=True)

@@ -361,3 +361,35 @@ def test_session_list_is_per_user(server, alice, bob) -> None:
         response = api(server, bob.key, method, f"/sessions/{hers}{path}", json=body)
         assert response.status_code == 404 and error_code(response) == "session_not_found", (method, path)
     assert VideoSession.objects.get(pk=hers).status == "ready"
+
+
+def test_two_handshakes_racing_with_one_ticket_let_one_in(alice, monkeypatch) -> None:
+    """Both handshakes read the ticket before either deletes it (a barrier makes the race certain):
+    only the one whose delete removed it gets in."""
+    import threading
+
+    from django.core.cache import cache
+
+    from sessions import consumers
+
+    ticket, session_id = "race-ticket", "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    cache.set(consumers.ticket_cache_key(ticket), {"user_id": alice.user.pk, "session_id": session_id}, 60)
+    both_read = threading.Barrier(2)
+
+    class ReadThenWait:  # the real cache, each read held until the other handshake has read too
+        def get(self, key: str) -> object:
+            value = cache.get(key)
+            both_read.wait(timeout=10)
+            return value
+
+        def delete(self, key: str) -> bool:
+            return cache.delete(key)
+
+    monkeypatch.setattr(consumers, "cache", ReadThenWait())
+    admitted: list[object] = []
+    handshakes = [threading.Thread(target=lambda: admitted.append(consumers._redeem_ticket.func(ticket, session_id))) for _ in range(2)]
+    for handshake in handshakes:
+        handshake.start()
+    for handshake in handshakes:
+        handshake.join(timeout=20)
+    assert sorted(user is not None for user in admitted) == [False, True]
