@@ -14,9 +14,11 @@ import json
 
 from daphne import http_protocol
 from daphne.cli import CommandLineInterface
+from loguru import logger
 
 from sam3site.config import get_config
 from sam3site.errors import error_body
+from sam3site.middleware import request_id_for
 
 MULTIPART_ALLOWANCE_BYTES = 1024 * 1024
 
@@ -56,17 +58,21 @@ class BoundedWebRequest(http_protocol.WebRequest):
         self._refused = True
         self.content = io.BytesIO()
         limit_mb = get_config().max_upload_size_mb
+        request_id = request_id_for((self.getHeader(b"x-request-id") or b"").decode("latin-1"))
         body = json.dumps(
             error_body(
                 "payload_too_large",
                 f"The request body exceeds the upload limit of {limit_mb} MiB.",
                 {"limit_bytes": limit_mb * 1024 * 1024},
+                request_id,
             )
         ).encode()
         self.channel.transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nX-Request-ID: %s\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (request_id.encode(), len(body), body)
         )
+        method, path = self.method.decode("latin-1"), self.uri.decode("latin-1")[:200]
+        logger.info("{} {} 413 refused while receiving request_id={}", method, path, request_id)
         self.channel.loseConnection()
 
 

@@ -13,6 +13,11 @@ from loguru import logger
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def request_id_for(sent: str) -> str:
+    """The client's X-Request-ID when it is a sane one, else a new id."""
+    return sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+
+
 class RequestLogMiddleware:
     """Assigns ``request.request_id`` (or keeps a sane client-sent X-Request-ID) and logs the outcome.
 
@@ -23,8 +28,7 @@ class RequestLogMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        sent = request.headers.get("X-Request-ID", "")
-        request.request_id = sent if _CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex  # type: ignore[attr-defined]
+        request.request_id = request_id_for(request.headers.get("X-Request-ID", ""))  # type: ignore[attr-defined]
         started = time.perf_counter()
         response = self.get_response(request)
         duration_ms = (time.perf_counter() - started) * 1000

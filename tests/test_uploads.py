@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import socket
 import struct
 import zlib
@@ -187,7 +188,10 @@ def test_oversized_bodies_are_cut_off_while_streaming(start_server, alice) -> No
         )
         reply = raw.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 413"), reply
-    assert "payload_too_large" in reply
+    head, _, body = reply.partition("\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    request_id = json.loads(body)["error"]["request_id"]  # every error carries the request id, this early one too
+    assert request_id and f"X-Request-ID: {request_id}" in head and f"request_id={request_id}" in server.log()
 
     # Chunked with no length: cut off once past the bound.
     def endless():
