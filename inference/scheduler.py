@@ -20,7 +20,7 @@ from loguru import logger
 
 from inference.jobs import ImageJob
 from inference.metrics import EXPIRED_JOBS
-from sam3site.errors import DeadlineExceeded
+from sam3site.errors import ApiError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from inference.host import ModelHost
@@ -112,7 +112,11 @@ class ModelScheduler:
                 elif work.future.set_running_or_notify_cancel():
                     work.future.set_result(work.function())
             except BaseException as error:  # noqa: BLE001 - the thread must outlive any one job
-                logger.exception("Model work failed")
+                if isinstance(error, ApiError):  # the client's mistake or a refusal, answered as such: no fault here
+                    level = "INFO" if error.status_code < 500 else "WARNING"
+                    logger.log(level, "Model work refused: {} {} ({})", error.status_code, error.code, error.message)
+                else:
+                    logger.exception("Model work failed")
                 futures = [w.future for w in work] if isinstance(work, list) else [work.future]
                 for future in futures:
                     if not future.done():

@@ -205,7 +205,7 @@ def test_cancel_and_resume(server, alice) -> None:
     assert FrameResult.objects.filter(session_id=session_id).count() == frames
 
 
-def test_bad_input(server, alice) -> None:
+def test_bad_input(server, model_worker, alice) -> None:
     session_id = open_session(server, alice)
     post = lambda path, body: api(server, alice.key, "POST", f"/sessions/{session_id}{path}", json=body)  # noqa: E731
     assert post("/propagate/", {}).json()["error"]["code"] == "nothing_to_propagate"
@@ -223,6 +223,11 @@ def test_bad_input(server, alice) -> None:
     assert api(server, alice.key, "DELETE", f"/sessions/{session_id}/").status_code == 204
     closed = post("/prompts/", {"frame": 0, "text": "dog"})
     assert closed.status_code == 410 and closed.json()["error"]["code"] == "session_closed"
+    # The worker logs clients' mistakes as what they are: one INFO line with the code, no traceback.
+    refusals = [line for line in model_worker.log().splitlines() if "Model work refused" in line]
+    for code in ("nothing_to_propagate", "unknown_object"):
+        assert any(f" {code} (" in line and "| INFO" in line for line in refusals), code
+    assert "Model work failed" not in model_worker.log()
 
 
 def _png() -> bytes:
