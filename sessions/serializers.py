@@ -115,6 +115,19 @@ class FrameResultSerializer(serializers.Serializer):
     object_id = serializers.IntegerField(required=False, help_text="Points prompts: the object added or refined.")
 
 
+class SessionPromptResultSerializer(serializers.Serializer):
+    """What a prompt answers: the prompted frame's objects; a live session's text prompt, which applies
+    from the next pushed frame, answers the text prompts tracked instead of a frame."""
+
+    frame = serializers.IntegerField(required=False, help_text="The frame prompted (absent for a live session's text prompt).")
+    objects = FrameObjectSerializer(many=True)
+    object_id = serializers.IntegerField(required=False, help_text="Points prompts: the object added or refined.")
+    texts = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Live sessions' text prompts: every text prompt now tracked."
+    )
+    worker = serializers.CharField(required=False, help_text="The model worker that applied the prompt.")
+
+
 # --- response bodies of the session commands (sessions.commands, sessions.worker), for the schema ---
 
 class PropagationLegSerializer(serializers.Serializer):

@@ -20,7 +20,6 @@ from sessions import commands, selectors, services
 from sessions.models import VideoSession
 from sessions.serializers import (
     CancelResultSerializer,
-    FrameResultSerializer,
     ObjectSerializer,
     ObjectsResultSerializer,
     PaginatedFrameResultListSerializer,
@@ -29,6 +28,7 @@ from sessions.serializers import (
     PropagationStartedSerializer,
     RemovedObjectSerializer,
     SessionCreateSerializer,
+    SessionPromptResultSerializer,
     TicketSerializer,
     VideoPromptSerializer,
     VideoSessionDetailSerializer,
@@ -101,7 +101,7 @@ class SessionDetailView(SessionViewMixin, APIView):
 
 class SessionPromptView(SessionViewMixin, APIView):
     @extend_schema(
-        request=VideoPromptSerializer, responses={200: FrameResultSerializer, **errors(409, 410, 503, 504)},
+        request=VideoPromptSerializer, responses={200: SessionPromptResultSerializer, **errors(409, 410, 503, 504)},
         summary="Prompt on a frame",
         examples=[
             OpenApiExample("Text: track every person", value={"frame": 0, "text": "person"}, request_only=True),

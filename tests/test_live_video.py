@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 import pytest
+import requests
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -213,3 +214,16 @@ def test_a_long_stream_keeps_its_state_bounded(tiny_checkpoint) -> None:
     assert kept and all(f >= 79 - KEEP_HISTORY_FRAMES or f <= 2 + KEEP_HISTORY_FRAMES for f in kept)
     assert len(kept) < 79 - 2 and list(outputs["cond_frame_outputs"]) == [2]
     assert sorted(live.frame_of_seq) == list(range(80 - KEEP_FRAMES, 80)) and live.object_ids() == [10_000]
+
+
+def test_prompt_answers_match_the_openapi_schema(server, alice) -> None:
+    """A live session's text prompt answers its texts and no frame; the schema says so (schemathesis found it did not)."""
+    import jsonschema
+
+    schema = requests.get(f"{server.url}/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"}, timeout=30).json()
+    response = schema["paths"]["/api/v1/sessions/{session_id}/prompts/"]["post"]["responses"]["200"]["content"]["application/json"]
+    session_id = open_live(server, alice)
+    answer = api(server, alice.key, "POST", f"/sessions/{session_id}/prompts/", json={"frame": 0, "text": "dog"})
+    assert answer.status_code == 200, answer.text
+    assert "frame" not in answer.json() and answer.json()["texts"] == ["dog"]
+    jsonschema.validate(answer.json(), {**response["schema"], "components": schema["components"]})
