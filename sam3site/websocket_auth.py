@@ -1,5 +1,6 @@
 """Channels middleware for websocket handshakes: who is connecting, and from which origin.
 
+``DatabaseOutageGuard`` answers a handshake the database cannot serve: accepted, told why, closed.
 ``ApiKeyWebsocketAuthMiddleware`` fills ``scope["user"]`` from the X-API-Key header.
 ``ClientOriginValidator`` checks the Origin header against ALLOWED_HOSTS, as channels'
 AllowedHostsOriginValidator does, except for handshakes without one: browsers always send an
@@ -10,6 +11,7 @@ The consumer still authenticates them; no credentials and no Origin is refused h
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,10 +20,43 @@ from channels.middleware import BaseMiddleware
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db import InterfaceError, OperationalError
 
 from accounts.services import InvalidApiKey, KeyIdentity, api_key_authenticate
+from sam3site.errors import DatabaseUnavailable, as_api_error, error_body
+
+UNAVAILABLE_CLOSE_CODE = 4503  # "503" in the application's close-code range (as 4410 for an ended session)
 
 TICKET_SUBPROTOCOL_PREFIX = "ticket."
+
+
+class DatabaseOutageGuard:
+    """Outermost: a handshake that fails because the database is unreachable or out of connections
+    (after the pool's timeout) is accepted, sent ``{"type": "error", "error": {code: database_unavailable,
+    ..., "retry_after"}}`` and closed with 4503. Daphne can only refuse a handshake
+    with 403, which would read as "wrong key"; left alone, it gave no HTTP answer at all."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        accepted = False
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            nonlocal accepted
+            accepted = accepted or message["type"] == "websocket.accept"
+            await send(message)
+
+        try:
+            return await self.application(scope, receive, watched_send)
+        except (OperationalError, InterfaceError) as error:
+            unavailable = as_api_error(error)  # logs the outage once, as for HTTP
+            assert isinstance(unavailable, DatabaseUnavailable)
+            if not accepted:
+                await send({"type": "websocket.accept"})
+            body = error_body(unavailable.code, unavailable.message, {"retry_after": unavailable.retry_after})
+            await send({"type": "websocket.send", "text": json.dumps({"type": "error", **body})})
+            await send({"type": "websocket.close", "code": UNAVAILABLE_CLOSE_CODE})
 
 
 @database_sync_to_async

@@ -156,6 +156,21 @@ def test_unreachable_database_answers_503_with_retry_after(start_server, alice) 
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
     assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 503
 
+    # A websocket handshake gets an answer too: accepted, told why, closed with 4503.
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = f"{server.url.replace('http', 'ws')}/ws/sessions/3fa85f64-5717-4562-b3fc-2c963f66afa6/"
+    started = time.monotonic()
+    with connect(url, additional_headers={"X-API-Key": alice.key}, open_timeout=30) as socket:
+        message = json.loads(socket.recv(timeout=30))
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=30)
+    assert message["type"] == "error" and message["error"]["code"] == "database_unavailable"
+    assert message["error"]["detail"]["retry_after"] > 0
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503, server.log()[-4000:]
+    assert time.monotonic() - started < 15  # within the pool's timeout (1 s) and the retries, not a hang
+
 
 @pytest.fixture
 def role_without_connections() -> str:
