@@ -1,13 +1,15 @@
 """Model workers announce themselves in Redis; web processes read who is alive and ready.
 
 Each worker rewrites its entry every HEARTBEAT_SECONDS. An entry older than
-WORKER_HEARTBEAT_TIMEOUT_SECONDS is a dead worker (killed, hung, or its host gone).
+WORKER_HEARTBEAT_TIMEOUT_SECONDS is a dead worker (killed, hung, or its host gone); a worker that
+``run_workers`` sees exit is withdrawn at once, so its sessions are claimed without waiting for that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from django.conf import settings
 
 from sam3site.redis_clients import WORKERS_KEY
 
-__all__ = ["WORKERS_KEY", "WorkerInfo", "parse_workers", "pick_worker", "publish", "read_workers", "serves_video", "withdraw"]
+__all__ = [
+    "WORKERS_KEY", "WorkerInfo", "parse_workers", "pick_worker", "publish", "read_workers", "serves_video", "withdraw", "worker_name",
+]
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -47,6 +51,11 @@ class WorkerInfo:
     @property
     def ready(self) -> bool:
         return self.alive and self.state == "ready"
+
+
+def worker_name(queue: str | None, pid: int) -> str:
+    """How a model worker is named: its queue, host and process id."""
+    return f"{queue or 'embedded'}@{socket.gethostname()}:{pid}"
 
 
 def publish(client: redis.Redis, info: WorkerInfo) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ class ModelRuntime:
 
         self.device = device
         self.queue = queue
-        self.name = f"{queue or 'embedded'}@{socket.gethostname()}:{os.getpid()}"
+        self.name = registry.worker_name(queue, os.getpid())
         self.host = ModelHost(host_settings(device, tiny_fallback=tiny_fallback))
         self.scheduler = ModelScheduler(self.host, max_batch_size=settings.CONFIG.inference_max_batch_size)
         self.started_at = time.time()

@@ -62,16 +62,21 @@ def test_worker_killed_mid_propagation_is_detected_and_the_session_rebuilt(start
                     if message["status"] == "recovering" and detected_in is None:
                         detected_in = time.monotonic() - killed_at
             recovered_in = time.monotonic() - killed_at
-        session = VideoSession.objects.get(pk=session_id)
-        assert session.worker != old_worker and session.status == "ready"
-        assert session.propagation["state"] == "interrupted"
+            session = VideoSession.objects.get(pk=session_id)
+            assert session.worker != old_worker and session.status == "ready"
+            assert session.propagation["state"] == "interrupted"
+            assert FrameResult.objects.filter(session_id=session_id).count() >= stored_before  # nothing lost
+            # the rebuilt session has the same object and resumes after the last stored frame, at once
+            assert api(server, alice.key, "POST", f"/sessions/{session_id}/propagate/", json={"resume": True}).status_code == 202
+            while (message := json.loads(socket.recv(timeout=60)))["type"] != "frame":
+                pass
+            first_frame_in = time.monotonic() - killed_at
+        # A figure for docs/benchmarks-video.md ("Failover"), not a timed assertion.
+        print(f"\nkill -9 -> recovering {detected_in:.2f} s, ready {recovered_in:.2f} s, first resumed frame {first_frame_in:.2f} s")
         assert detected_in is not None and detected_in <= 5.0, detected_in  # the loss is noticed within 5 s
         assert recovered_in < 45
-        assert FrameResult.objects.filter(session_id=session_id).count() >= stored_before  # nothing lost
         frames_page = api(server, alice.key, "GET", f"/sessions/{session_id}/frames/?limit=200").json()
         assert frames_page["count"] >= stored_before
-        # the rebuilt session has the same object and resumes after the last stored frame
-        assert api(server, alice.key, "POST", f"/sessions/{session_id}/propagate/", json={"resume": True}).status_code == 202
         finished = wait_for(lambda: propagation_finished(server, alice.key, session_id), timeout=120)
         assert finished["propagation"]["state"] == "done"
         assert FrameResult.objects.filter(session_id=session_id).count() == frames

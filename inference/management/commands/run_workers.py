@@ -18,12 +18,16 @@ import tempfile
 import threading
 import time
 from argparse import ArgumentParser
+from contextlib import suppress
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from loguru import logger
 
+from inference import registry
+from sam3site import redis_clients
 from sam3site.management.commands.serve import serve_metrics
 from sam3site.processes import EXIT_MODEL_REQUIRED, WORKER_DEVICE_ENV, WORKER_QUEUE_ENV
 
@@ -93,6 +97,9 @@ class Command(BaseCommand):
                     exit_code = EXIT_MODEL_REQUIRED
                     break
                 logger.warning("Model worker {} exited with {}; restarting it", queue, code)
+                # Gone for certain: the other workers claim its sessions now, not after the heartbeat timeout.
+                with suppress(redis.RedisError):
+                    registry.withdraw(redis_clients.client(), registry.worker_name(queue, workers[queue].pid))
                 time.sleep(RESTART_BACKOFF_SECONDS)
                 workers[queue] = spawn(device, queue)
         for process in workers.values():
