@@ -111,6 +111,7 @@ local listed = redis.call('HGET', KEYS[1], 'ready')
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'meta', ARGV[2], 'image', ARGV[3], 'ready', KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if not replaced or listed ~= KEYS[2] then redis.call('RPUSH', KEYS[2], ARGV[5]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])  -- a dead worker's list goes with its last slot
 return replaced
 """
 

@@ -159,3 +159,23 @@ def test_expired_jobs_are_dropped_and_streams_interleave(host: ModelHost, tmp_pa
     finally:
         scheduler.stop()
     assert order == ["frame 0", "image", "frame 1", "frame 2"]  # the image did not wait for the whole stream
+
+
+def test_a_dead_workers_ready_list_expires_with_its_frames() -> None:
+    """A frame left for a worker that never takes it: its slot and the worker's ready list both
+    expire (SLOT_SECONDS), so the lists of dead workers do not pile up in Redis."""
+    import asyncio
+    import uuid
+
+    from inference.live_frames import SLOT_SECONDS, LiveFrame, push_to_redis, ready_key, slot_key
+    from sam3site import redis_clients
+
+    queue, session_id = f"gone-{uuid.uuid4().hex}", str(uuid.uuid4())
+    asyncio.run(push_to_redis(session_id, queue, LiveFrame(0, b"jpeg", None, 8, 8)))
+    client = redis_clients.client()
+    try:
+        assert client.lrange(ready_key(queue), 0, -1) == [session_id.encode()]
+        assert 0 < client.ttl(ready_key(queue)) <= SLOT_SECONDS
+        assert 0 < client.ttl(slot_key(session_id)) <= SLOT_SECONDS
+    finally:
+        client.delete(ready_key(queue), slot_key(session_id))
