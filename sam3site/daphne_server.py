@@ -1,10 +1,14 @@
-"""daphne, with the upload bound enforced while the request body arrives.
+"""daphne, with the upload bound enforced while the request body arrives, and websockets closed cleanly.
 
 Daphne (through twisted) receives a whole request body before the ASGI application sees any of
 it, so a bound checked in Django would come after a 10 GB body had been written to a temporary
 file. This entry point gives daphne a request class that refuses a body as soon as its declared
 length, or the bytes received so far, pass MAX_UPLOAD_SIZE_MB (plus room for multipart framing).
 Per-user, smaller limits are checked later, chunk by chunk, by ``uploads.handlers``.
+
+A websocket message over ``--websocket-max-message-size`` fails the connection; autobahn's default
+drops the TCP connection (the client sees 1006, "abnormal"), so the factory here closes it with
+the close handshake and 1009 ("message too big") instead.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 
-from daphne import http_protocol
+from daphne import http_protocol, server, ws_protocol
 from daphne.cli import CommandLineInterface
 from loguru import logger
 
@@ -76,8 +80,14 @@ class BoundedWebRequest(http_protocol.WebRequest):
         self.channel.loseConnection()
 
 
+class CleanlyClosingWebSocketFactory(ws_protocol.WebSocketFactory):
+    def setProtocolOptions(self, **options: object) -> None:  # noqa: N802 - autobahn's name
+        super().setProtocolOptions(failByDrop=False, **options)
+
+
 def main() -> None:
     http_protocol.WebRequest = BoundedWebRequest  # HTTPFactory.buildProtocol looks the class up here
+    server.WebSocketFactory = CleanlyClosingWebSocketFactory  # daphne's Server builds it from this name
     CommandLineInterface.entrypoint()
 
 

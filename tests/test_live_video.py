@@ -158,6 +158,12 @@ def test_refused_frames_leave_the_socket_open(server, alice) -> None:
         error = next_message(socket, "error")
         assert error["detail"]["seq"] == 5 and "64x48" in error["message"]
         assert push_and_wait(socket, 6)["seq"] == 6
+        # Over the server's hard limit (4 MiB): closed with 1009 "message too big", not dropped (1006).
+        socket.send(encode_frame(7, b"\x00" * (4 * 1024 * 1024 + 10)))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                socket.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
 def test_auth_ownership_and_limits(start_server, model_worker, alice, bob) -> None:

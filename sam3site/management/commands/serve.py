@@ -30,7 +30,7 @@ from loguru import logger
 from sam3site.processes import EXIT_MODEL_REQUIRED, SERVING_ENV
 
 RESTART_BACKOFF_SECONDS = 1.0
-WEBSOCKET_HARD_LIMIT_BYTES = 4 * 1024 * 1024  # daphne drops the connection (1006) above this
+WEBSOCKET_HARD_LIMIT_BYTES = 4 * 1024 * 1024  # above this daphne closes the connection with 1009 (sam3site.daphne_server)
 
 
 class Command(BaseCommand):
