@@ -223,15 +223,19 @@ def read_registry() -> list:
 
 def launch_workers(
     log_dir: Path, checkpoint: Path, *, devices: tuple[str, ...] = ("cpu",), wait_for: str = "ready",
-    python: str = sys.executable, cwd: Path = ROOT, **env_overrides: str,
+    python: str = sys.executable, cwd: Path = ROOT, prefix: tuple[str, ...] = (), alongside: bool = False, **env_overrides: str,
 ) -> Workers:
     """`manage.py run_workers` as a real process group: Celery workers that load the model
-    (``python`` and ``cwd``: another environment and copy of the code, e.g. the runtime-only install)."""
+    (``python`` and ``cwd``: another environment and copy of the code, e.g. the runtime-only install;
+    ``prefix``: a command to run it under, e.g. ``ip netns exec NAME``; ``alongside``: workers already
+    running stay registered, and only the new ones are waited for)."""
     import redis
 
     from inference import registry
 
-    redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
+    earlier = {w.name for w in read_registry()} if alongside else set()
+    if not alongside:
+        redis.Redis.from_url(settings.REDIS_URL).delete(registry.WORKERS_KEY)
     metrics_port = free_port()
     env = {
         **os.environ, "DATABASE_URL": _test_database_url(), "SAM3_CHECKPOINT": str(checkpoint), "SAM3_BPE_PATH": "/nonexistent",
@@ -243,7 +247,7 @@ def launch_workers(
     }
     log_path = log_dir / f"workers-{metrics_port}.log"
     process = subprocess.Popen(
-        [python, "manage.py", "run_workers", "--devices", *devices],
+        [*prefix, python, "manage.py", "run_workers", "--devices", *devices],
         cwd=cwd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     workers = Workers(process, f"http://127.0.0.1:{metrics_port}", log_path, [])
@@ -251,7 +255,7 @@ def launch_workers(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"run_workers exited early:\n{workers.log()}")
-        alive = read_registry()
+        alive = [w for w in read_registry() if w.name not in earlier]
         settled = [w for w in alive if (w.state == "ready" if wait_for == "ready" else w.state != "loading")]
         if len(settled) == len(devices):
             workers.names = [w.name for w in settled]
