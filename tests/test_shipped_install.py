@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 import requests
 from sam3_client import Client
 
-from tests.conftest import ROOT, free_port, launch_workers, mp4_bytes, png_bytes, stop_process_group
+from tests.conftest import ROOT, free_port, launch_workers, mp4_bytes, png_bytes, stop_process_group, wait_until_ready
 
 SHIPPED = Path(os.environ["SAM3_SHIPPED_DIR"]) if os.environ.get("SAM3_SHIPPED_DIR") else None
 needs_shipped = pytest.mark.skipif(
@@ -44,18 +43,6 @@ def user_environment(**settings: str) -> dict[str, str]:
 def shipped_python() -> str:
     assert SHIPPED is not None
     return str(SHIPPED / ".venv" / "bin" / "python")
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not ready (exit code {process.poll()}):\n{log.read_text(errors='replace')[-6000:]}")
 
 
 @needs_shipped
@@ -96,6 +83,7 @@ def quick_start(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, process, log)
+        assert "IMAGE_MODEL_DEVICE=cpu" in log.read_text(errors="replace")  # serve.sh picks the CPU without nvidia-smi
         yield url, env
     finally:
         stop_process_group(process)

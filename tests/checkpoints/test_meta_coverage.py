@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,9 +27,7 @@ from inference.runtime.checkpoints import (
     published_config,
 )
 from inference.runtime.tokenizer import write_small_bpe_file
-
-ROOT = Path(__file__).resolve().parents[2]
-META_PACKAGE_DIR = Path(os.environ.get("SAM3_META_PACKAGE_DIR", ROOT / ".venv" / "meta-sam3"))
+from tests.conftest import require_meta_package
 
 _DUMP_META_KEYS = r"""
 import json, sys
@@ -65,16 +62,9 @@ print("KEYS" + json.dumps({"video": shapes(video), "image": shapes(image)}))
 
 @pytest.fixture(scope="module")
 def meta_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
-    if not (META_PACKAGE_DIR / "sam3" / "model_builder.py").is_file():
-        reason = (
-            f"Meta's sam3==0.1.4 is not unpacked at {META_PACKAGE_DIR} (SAM3_META_PACKAGE_DIR): .ci/run installs it with"
-            " `pip install --no-deps --target .venv/meta-sam3 sam3==0.1.4 timm einops ftfy iopath portalocker psutil`"
-        )
-        if os.environ.get("CI"):  # CI must run this check, not skip it because an install step broke
-            pytest.fail(reason)
-        pytest.skip(reason)
+    package_dir = require_meta_package()
     bpe = write_small_bpe_file(tmp_path_factory.mktemp("bpe") / "bpe.txt.gz")  # read by Meta's tokenizer, never used
-    env = {**os.environ, "PYTHONPATH": str(META_PACKAGE_DIR), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(package_dir), "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", _DUMP_META_KEYS, str(bpe)], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("KEYS")]

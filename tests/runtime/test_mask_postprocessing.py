@@ -9,7 +9,6 @@ twice: one tracked object with ``meta``, two with ``off``.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,27 +27,21 @@ from inference.runtime.mask_postprocessing import (
 )
 from inference.runtime.tiny import write_tiny_checkpoint
 from inference.runtime.video import ConceptVideoSession, set_temporal_disambiguation
-
-ROOT = Path(__file__).resolve().parents[2]
-META_PACKAGE_DIR = Path(os.environ.get("SAM3_META_PACKAGE_DIR", ROOT / ".venv" / "meta-sam3"))
+from tests.conftest import require_meta_package
 
 
 @pytest.fixture(scope="module")
 def meta() -> ModuleType:
-    """Meta's ``sam3`` package (imported from its unpacked directory; CI fails rather than skips without it)."""
-    if not (META_PACKAGE_DIR / "sam3" / "perflib" / "nms.py").is_file():
-        reason = f"Meta's sam3==0.1.4 is not unpacked at {META_PACKAGE_DIR} (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    sys.path.insert(0, str(META_PACKAGE_DIR))
+    """Meta's ``sam3`` package, imported from where .ci/run unpacks it."""
+    package_dir = str(require_meta_package())
+    sys.path.insert(0, package_dir)
     try:
         import sam3.model.sam3_tracker_utils
         import sam3.model.utils.sam1_utils
         import sam3.perflib.connected_components
         import sam3.perflib.nms
     finally:
-        sys.path.remove(str(META_PACKAGE_DIR))
+        sys.path.remove(package_dir)
     return sam3
 
 

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 import requests
 from pycocotools import mask as coco_mask
 
-from tests.conftest import ROOT, free_port, stop_process_group
+from tests.conftest import ROOT, free_port, stop_process_group, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -67,20 +66,6 @@ class Server:
     def api(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
         headers = {"X-API-Key": key or self.key}
         return requests.request(method, f"{self.url}/api/v1/{path}", headers=headers, timeout=60, **kwargs)
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text(errors='replace')}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready:\n{log_path.read_text(errors='replace')}")
 
 
 @pytest.fixture(scope="module")
