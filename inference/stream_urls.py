@@ -7,11 +7,13 @@ cloud metadata service, included), private, unique-local, multicast, reserved or
 LAN). The web checks at creation, the worker again before every connection.
 
 http(s) redirects are followed here, not by ffmpeg: :func:`resolve_redirects` asks for the headers
-alone (the standard library's ``http.client``, which never follows a redirect) and checks every
-``Location`` before following it; the worker hands
-ffmpeg the final URL with ``max_redirects=0`` (ffmpeg >= 8 then fails on a redirect instead of
-following it). What is left to trust: DNS answering ffmpeg as it answered the check (rebinding),
-and the segment URLs of an HLS playlist (fetched by ffmpeg, unchecked; network protocols only).
+alone (the standard library's ``http.client``, which never follows a redirect), connecting to the
+very addresses it checked (a host is resolved once per hop, so DNS cannot answer the connection
+otherwise than the check: no rebinding here), and checks every ``Location`` before following it;
+the worker hands ffmpeg the final URL with ``max_redirects=0`` (ffmpeg >= 8 then fails on a
+redirect instead of following it). What is left to trust: DNS answering ffmpeg as it answered the
+check (ffmpeg resolves the name itself), and the segment URLs of an HLS playlist (fetched by
+ffmpeg, unchecked; network protocols only).
 Documented in docs/video-sessions.md ("Stream URLs").
 
 Credentials in a URL (``rtsp://user:pass@camera/...``) are used, never shown: messages and logs
@@ -102,18 +104,25 @@ def _parse(url: str) -> SplitResult:
 
 def check_stream_url(url: str, allowlist: list[str]) -> str:
     """``url`` when the server may connect to it; :class:`StreamUrlRefused` (or InvalidInput) otherwise."""
+    _checked_addresses(url, allowlist)
+    return url
+
+
+def _checked_addresses(url: str, allowlist: list[str]) -> list[str]:
+    """Every address ``url``'s host resolves to (resolved once), each one allowed; refused otherwise."""
     parts = _parse(url)
     host = (parts.hostname or "").lower().rstrip(".")
     hosts, networks = _allowlist(allowlist)
-    if host in hosts:
-        return url
     try:
         infos = socket.getaddrinfo(host, parts.port or SCHEMES[parts.scheme.lower()], type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError):  # unknown host, a label too long for IDNA, a NUL...
         raise InvalidInput(f"The stream URL's host {host} does not resolve.", code="stream_url_unresolvable") from None
-    addresses = {ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos}
+    addresses = list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
+    if host in hosts:
+        return addresses
     refused = sorted(
-        str(a) for a in addresses if not any(a in network for network in networks) and not address_is_public(a)
+        a for a in addresses
+        if not any(ipaddress.ip_address(a) in network for network in networks) and not address_is_public(ipaddress.ip_address(a))
     )
     if refused or not addresses:
         raise StreamUrlRefused(
@@ -121,14 +130,36 @@ def check_stream_url(url: str, allowlist: list[str]) -> str:
             "loopback, link-local, private and other non-public ranges are refused unless listed in STREAM_URL_ALLOWLIST.",
             detail={"host": host, "addresses": refused},
         )
-    return url
+    return addresses
 
 
-def _status_and_location(url: str, timeout: float) -> tuple[int, str | None]:
-    """The status and ``Location`` of a GET for an http(s) ``url``: headers only, no redirect followed."""
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an address checked beforehand, whatever the name resolves to by then (no DNS rebinding)."""
+
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:  # TLS to the checked address, verified against the URL's host name
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]  # set by HTTPSConnection.__init__
+            socket.create_connection((self.address, self.port), self.timeout), server_hostname=self.host
+        )
+
+
+def _status_and_location(url: str, address: str, timeout: float) -> tuple[int, str | None]:
+    """The status and ``Location`` of a GET for an http(s) ``url`` sent to ``address``: headers only, no redirect followed."""
     parts = urlsplit(url)
-    connection_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
-    connection = connection_type(parts.hostname or "", parts.port, timeout=timeout)
+    connection_type = _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
+    connection = connection_type(parts.hostname or "", parts.port, address, timeout)
     headers = {"User-Agent": "sam3-server"}
     if parts.username is not None:  # http://user:pass@camera/...: basic auth, as a browser would send it
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -146,12 +177,12 @@ def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_
 
     Raises StreamUrlRefused for a hop to a refused host, InvalidInput(``stream_url_unreachable``)
     when the server cannot be asked or answers with an error, or redirects too often."""
-    check_stream_url(url, allowlist)
+    addresses = _checked_addresses(url, allowlist)
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return url
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            status, location = _status_and_location(url, timeout)
+            status, location = _status_and_location(url, addresses[0], timeout)
         except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...
             raise InvalidInput(
                 f"The stream URL {redact(url)} could not be reached: {scrub(str(error), url)}", code="stream_url_unreachable",
@@ -160,5 +191,6 @@ def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_
             if status >= 400:
                 raise InvalidInput(f"The stream URL {redact(url)} answered HTTP {status}.", code="stream_url_unreachable")
             return url
-        url = check_stream_url(urljoin(url, location), allowlist)
+        url = urljoin(url, location)
+        addresses = _checked_addresses(url, allowlist)
     raise InvalidInput(f"The stream URL redirects more than {MAX_REDIRECTS} times.", code="stream_url_unreachable")

@@ -329,3 +329,26 @@ def test_refused_urls_are_answered_400_without_contacting_them(server, streams, 
     record = api(server, alice.key, "GET", f"/sessions/{session_id}/").json()
     assert events[-1]["status"] == record["status"] == "failed" and "169.254.169.254" in record["error"]
     assert events[-1]["message"] == record["error"]  # told live, or in the first status if it failed before the socket opened
+
+
+def test_the_redirect_check_connects_to_the_address_it_checked(streams: StreamServer, monkeypatch) -> None:
+    """DNS rebinding: the name answers an allowed address twice, then another one (here 127.0.0.2, not
+    allowed). Resolving once per hop, the check of both hops (the second is a relative redirect) and
+    their requests use the first two answers; a check that resolved again to connect would meet the
+    third one on the second hop and be refused."""
+    import socket
+
+    port = int(streams.url("/").rsplit(":", 1)[1].split("/")[0])
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["127.0.0.1", "127.0.0.1"])
+
+    def rebinding(host, *args, **kwargs):
+        if host != "rebinding.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        address = next(answers, "127.0.0.2")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    final = resolve_redirects(f"http://rebinding.test:{port}/to-video", ["127.0.0.1"])
+    assert final == f"http://rebinding.test:{port}/video.mp4"
+    assert next(answers, None) is None and streams.hits["/to-video"] >= 1
