@@ -110,7 +110,6 @@ class SessionManager:
         if held is not None and self.live.get(session_id) is not held:
             return False
         live = self.live.pop(session_id, None)
-        self.slots.discard(session_id)
         self.answered.pop(session_id, None)
         if live is not None:
             live.cancel.set()
@@ -179,6 +178,7 @@ class SessionManager:
                     opened.reader.start()
             return {"frame_count": 0}
         if isinstance(command, CloseSession):
+            self.slots.discard(session_id)  # a frame left for the session is not wanted (a new owner's is not touched above)
             return {"closed": self._forget(session_id)}
         live = self._live(session_id)
         if isinstance(command, RemoveObject):
