@@ -117,7 +117,9 @@ def test_concept_tracking_bounded_is_bit_identical_to_unbounded(loaded):
     unbounded, unbounded_end, unbounded_state = _concept_both_ways(loaded, None)
 
     assert len(bounded) == FRAMES + 1
-    assert sum(len(ids) for _, ids, _, _ in bounded) >= FRAMES, "the test needs objects tracked through the clip"
+    # Meta's NMS (MASK_POSTPROCESSING=meta) keeps one of the tiny model's overlapping random detections:
+    # an object on about every other frame of both passes.
+    assert sum(len(ids) for _, ids, _, _ in bounded) >= FRAMES // 2, "the test needs objects tracked through the clip"
     assert max(len(o["cond_frame_outputs"]) for o in state.output_dict_per_obj.values()) > 2, "and reconditioned"
     _assert_identical(bounded, unbounded)
     assert unbounded_end[1] == FRAMES and unbounded_end[2]
