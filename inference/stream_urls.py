@@ -109,17 +109,18 @@ def check_stream_url(url: str, allowlist: list[str]) -> str:
 
 
 def _checked_addresses(url: str, allowlist: list[str]) -> list[str]:
-    """Every address ``url``'s host resolves to (resolved once), each one allowed; refused otherwise."""
+    """Every address ``url``'s host resolves to (resolved once), each one allowed; refused otherwise.
+    Empty for a host STREAM_URL_ALLOWLIST names: it is trusted by name, not resolved."""
     parts = _parse(url)
     host = (parts.hostname or "").lower().rstrip(".")
     hosts, networks = _allowlist(allowlist)
+    if host in hosts:
+        return []
     try:
         infos = socket.getaddrinfo(host, parts.port or SCHEMES[parts.scheme.lower()], type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError):  # unknown host, a label too long for IDNA, a NUL...
         raise InvalidInput(f"The stream URL's host {host} does not resolve.", code="stream_url_unresolvable") from None
     addresses = list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
-    if host in hosts:
-        return addresses
     refused = sorted(
         a for a in addresses
         if not any(ipaddress.ip_address(a) in network for network in networks) and not address_is_public(ipaddress.ip_address(a))
@@ -134,20 +135,21 @@ def _checked_addresses(url: str, allowlist: list[str]) -> list[str]:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to an address checked beforehand, whatever the name resolves to by then (no DNS rebinding)."""
+    """Connects to an address checked beforehand, whatever the name resolves to by then (no DNS
+    rebinding); to the name itself when it was trusted by name (``address`` None)."""
 
-    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int | None, address: str | None, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self.address = address
+        self.address = address or host
 
     def connect(self) -> None:
         self.sock = socket.create_connection((self.address, self.port), self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int | None, address: str | None, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self.address = address
+        self.address = address or host
 
     def connect(self) -> None:  # TLS to the checked address, verified against the URL's host name
         self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]  # set by HTTPSConnection.__init__
@@ -155,7 +157,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         )
 
 
-def _status_and_location(url: str, address: str, timeout: float) -> tuple[int, str | None]:
+def _status_and_location(url: str, address: str | None, timeout: float) -> tuple[int, str | None]:
     """The status and ``Location`` of a GET for an http(s) ``url`` sent to ``address``: headers only, no redirect followed."""
     parts = urlsplit(url)
     connection_type = _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
@@ -182,7 +184,7 @@ def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_
         return url
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            status, location = _status_and_location(url, addresses[0], timeout)
+            status, location = _status_and_location(url, addresses[0] if addresses else None, timeout)
         except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...
             raise InvalidInput(
                 f"The stream URL {redact(url)} could not be reached: {scrub(str(error), url)}", code="stream_url_unreachable",
