@@ -104,6 +104,8 @@ class PartitionableHost:
     def close(self) -> None:
         self._closing.set()
         for listener in self._listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
             listener.close()
 
 

@@ -358,11 +358,15 @@ class SessionManager:
         logger.warning("Worker {} is gone; rebuilding session {} here (epoch {})", dead_worker, session_id, epoch)
         store = session_store()
         try:
-            store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message(), epoch=epoch)
             plan = store.replay_plan(session_id)
             if plan.propagation_running:
                 store.propagation_update(session_id=session_id, epoch=epoch, state="interrupted")
-            notice = self.runtime.scheduler.call(lambda: self._replay(session_id, plan, epoch)).result()
+            # Queued on the model thread before the clients hear of the recovery: a live frame they
+            # send once they have heard is computed after the session is rebuilt, not dropped as a
+            # frame of a session this worker does not hold.
+            rebuilt = self.runtime.scheduler.call(lambda: self._replay(session_id, plan, epoch))
+            store.publish(session_id, StatusEvent(RECOVERING, lost_worker=dead_worker).to_message(), epoch=epoch)
+            notice = rebuilt.result()
             if not store.set_status(session_id=session_id, status=READY, from_statuses=[RECOVERING], epoch=epoch):
                 logger.info("Session {} ended while being rebuilt; its state is let go", session_id)
                 self.execute(SessionMessage(session_id, CloseSession()))
