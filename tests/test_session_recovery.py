@@ -153,10 +153,10 @@ def test_the_python_clients_live_stream_carries_on_across_a_worker_kill(start_se
             answered, old_worker = [], None
             for result in live:
                 answered.append(result.seq)
-                if result.seq == 3:
+                if old_worker is None and result.seq >= 3:  # a loaded machine may skip a frame (latest wins)
                     old_worker = VideoSession.objects.get(pk=live.session_id).worker
                     os.kill(int(old_worker.rsplit(":", 1)[1]), signal.SIGKILL)
-        assert answered[:4] == [0, 1, 2, 3] and answered[-1] == frames - 1 and answered == sorted(answered)
+        assert old_worker is not None and answered[-1] == frames - 1 and answered == sorted(answered)
         assert VideoSession.objects.get(pk=live.session_id).worker != old_worker
     finally:
         workers.stop()
