@@ -37,7 +37,6 @@ from uploads.models import Upload
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-RETRY_AFTER_SECONDS = 2
 # How long a close waits for the worker to free the session. The record is closed before and the
 # files go after regardless; a worker killed a moment ago still looks alive until its heartbeat
 # times out, and must not hold the DELETE for long. A live worker that answers late still runs a
@@ -141,7 +140,7 @@ def _require_state(session: VideoSession, *allowed: str) -> None:
     if session.status in allowed:
         return
     if session.status == VideoSession.Status.RECOVERING:
-        raise SessionRecovering(retry_after=RETRY_AFTER_SECONDS)
+        raise SessionRecovering(retry_after=services.RECOVERY_RETRY_AFTER_SECONDS)
     raise Conflict(f"The session is {session.status}; wait for it or cancel the propagation.", code="session_busy")
 
 
