@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import binascii
+
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
@@ -24,6 +27,9 @@ class ApiKeyAuthentication(BaseAuthentication):
             if not _has_browser_session(request):  # SessionAuthentication, next in line, will not identify it
                 _count_anonymous(request)
             return None
+        return self.identify(request, raw_key)
+
+    def identify(self, request: Request, raw_key: str) -> tuple[object, KeyIdentity]:
         try:
             identity = api_key_authenticate(raw_key.strip())
         except InvalidApiKey:
@@ -45,3 +51,21 @@ def _count_anonymous(request: Request) -> None:
     refusal = count_anonymous(request)
     if refusal is not None:
         raise Throttled(wait=refusal.retry_after)  # answered with ``refusal``'s own words (sam3site.errors)
+
+
+class ApiKeyBasicAuthentication(ApiKeyAuthentication):
+    """HTTP basic auth whose password is an API key (any user name), for tools that send only basic
+    auth, such as Label Studio's model connection; ``X-API-Key`` is accepted as well."""
+
+    def authenticate(self, request: Request) -> tuple[object, KeyIdentity] | None:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return super().authenticate(request)
+        try:
+            _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            password = ""
+        return self.identify(request, password)
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Basic realm="sam3"'

@@ -26,6 +26,7 @@ import base64
 import http.client
 import ipaddress
 import socket
+from collections.abc import Callable
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from sam3site.errors import InvalidInput
@@ -157,21 +158,47 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         )
 
 
-def _status_and_location(url: str, address: str | None, timeout: float) -> tuple[int, str | None]:
-    """The status and ``Location`` of a GET for an http(s) ``url`` sent to ``address``: headers only, no redirect followed."""
+def _open(url: str, address: str | None, timeout: float, method: str, headers: dict[str, str], body: bytes | None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """One http(s) request for ``url`` sent to ``address``; the caller reads the response and closes the connection."""
     parts = urlsplit(url)
     connection_type = _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
     connection = connection_type(parts.hostname or "", parts.port, address, timeout)
-    headers = {"User-Agent": "sam3-server"}
+    headers = {"User-Agent": "sam3-server", **headers}
     if parts.username is not None:  # http://user:pass@camera/...: basic auth, as a browser would send it
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
     try:
-        connection.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")), headers=headers)
-        response = connection.getresponse()
-        return response.status, response.getheader("Location")
-    finally:
+        connection.request(method, urlunsplit(("", "", parts.path or "/", parts.query, "")), body=body, headers=headers)
+        return connection, connection.getresponse()
+    except BaseException:
         connection.close()
+        raise
+
+
+def open_checked(
+    url: str, allowlist: list[str], *, timeout: float = CHECK_TIMEOUT_SECONDS, method: str = "GET", body: bytes | None = None,
+    headers_for: Callable[[str], dict[str, str]] = lambda url: {}, what: str = "stream URL", code: str = "stream_url_unreachable",
+) -> tuple[str, http.client.HTTPConnection, http.client.HTTPResponse]:
+    """The final URL an http(s) ``url`` leads to, with the open connection and response (any status
+    but a redirect): every hop checked before it is contacted, and sent to the addresses checked.
+    ``headers_for(hop_url)``: the headers of each hop (credentials only for the origin they are meant for).
+
+    Raises StreamUrlRefused for a hop to a refused host, InvalidInput(``code``) when the server cannot
+    be asked or redirects too often. The caller closes the connection."""
+    for _ in range(MAX_REDIRECTS + 1):
+        addresses = _checked_addresses(url, allowlist)
+        try:
+            connection, response = _open(url, addresses[0] if addresses else None, timeout, method, headers_for(url), body)
+        except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...
+            raise InvalidInput(f"The {what} {redact(url)} could not be reached: {scrub(str(error), url)}", code=code) from None
+        location = response.getheader("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return url, connection, response
+        connection.close()
+        url = urljoin(url, location)
+        if method != "GET":  # a redirected POST is not replayed (its body may carry credentials)
+            raise InvalidInput(f"The {what} answered a {method} with a redirect.", code=code)
+    raise InvalidInput(f"The {what} redirects more than {MAX_REDIRECTS} times.", code=code)
 
 
 def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
@@ -179,20 +206,11 @@ def resolve_redirects(url: str, allowlist: list[str], *, timeout: float = CHECK_
 
     Raises StreamUrlRefused for a hop to a refused host, InvalidInput(``stream_url_unreachable``)
     when the server cannot be asked or answers with an error, or redirects too often."""
-    addresses = _checked_addresses(url, allowlist)
     if urlsplit(url).scheme.lower() not in ("http", "https"):
+        _checked_addresses(url, allowlist)
         return url
-    for _ in range(MAX_REDIRECTS + 1):
-        try:
-            status, location = _status_and_location(url, addresses[0] if addresses else None, timeout)
-        except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...
-            raise InvalidInput(
-                f"The stream URL {redact(url)} could not be reached: {scrub(str(error), url)}", code="stream_url_unreachable",
-            ) from None
-        if status not in REDIRECT_STATUSES or not location:
-            if status >= 400:
-                raise InvalidInput(f"The stream URL {redact(url)} answered HTTP {status}.", code="stream_url_unreachable")
-            return url
-        url = urljoin(url, location)
-        addresses = _checked_addresses(url, allowlist)
-    raise InvalidInput(f"The stream URL redirects more than {MAX_REDIRECTS} times.", code="stream_url_unreachable")
+    url, connection, response = open_checked(url, allowlist, timeout=timeout)
+    connection.close()
+    if response.status >= 400:
+        raise InvalidInput(f"The stream URL {redact(url)} answered HTTP {response.status}.", code="stream_url_unreachable")
+    return url

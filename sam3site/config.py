@@ -178,6 +178,20 @@ class Config(BaseSettings):
         9091, ge=1, le=65535, description="Port of the model workers' Prometheus metrics (served by run_workers)."
     )
 
+    # --- Label Studio ML backend (beyond the seed's contract; docs/label-studio.md) ---
+    label_studio_url: str | None = Field(
+        None, pattern=r"^https?://[^/?#]+/?$",
+        description="Base URL of the Label Studio instance whose tasks the ML backend (/label-studio/) segments, e.g. "
+        "http://label-studio:8080. Task URLs such as /data/upload/... are fetched from it with LABEL_STUDIO_API_KEY; "
+        "its host is trusted by name (it may be on the LAN). Unset: only absolute public media URLs can be fetched.",
+    )
+    label_studio_api_key: str | None = Field(
+        None, min_length=1,
+        description="A Label Studio access token to fetch task media with: a legacy token (sent as `Token`) or a "
+        "personal access token (a JWT refresh token, exchanged at /api/token/refresh for 5-minute access tokens).",
+    )
+    label_studio_fetch_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Timeout of one media fetch from Label Studio.")
+
     # --- deployment (beyond the seed's contract) ---
     database_url: str | None = Field(
         None, description="Database, e.g. postgres://user:pass@host:5432/sam3. Unset: embedded SQLite under DATA_DIR."
@@ -242,7 +256,7 @@ class Config(BaseSettings):
             if (problem := static_key_problem(key)) is not None
         ]
 
-    @field_validator("database_url", "redis_url", "django_secret_key", mode="before")
+    @field_validator("database_url", "redis_url", "django_secret_key", "label_studio_url", "label_studio_api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -253,7 +267,7 @@ class Config(BaseSettings):
         return self.redis_url is None
 
 
-SECRET_FIELDS = frozenset({"django_secret_key", "api_keys", "database_url", "redis_url"})
+SECRET_FIELDS = frozenset({"django_secret_key", "api_keys", "database_url", "redis_url", "label_studio_api_key"})
 
 
 def format_validation_error(error: ValidationError) -> str:

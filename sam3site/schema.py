@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS = {
     413: "The request body exceeds the upload limit (MAX_UPLOAD_SIZE_MB or the user's quota).",
     415: "The body's Content-Type is not accepted, or the file is not a supported image or video.",
     429: "The rate limit or a quota is exhausted; retry after `Retry-After` seconds.",
+    502: "A server this one fetches from (Label Studio) could not be reached or refused its credentials.",
     503: "No model worker can take the request now (loading, busy, the session being recovered, limits).",
     504: "The model worker did not answer before the request's deadline.",
 }

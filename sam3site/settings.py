@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "segmentation",
     "sessions.apps.VideoSessionsConfig",
     "studio",
+    "labelstudio",
 ]
 
 MIDDLEWARE = [

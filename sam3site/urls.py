@@ -29,6 +29,7 @@ urlpatterns = [
     ),
     path("api-auth/", include("rest_framework.urls")),  # log in to the browsable API with an admin account
     path("studio/", include("studio.urls")),  # the web page that shows masks; it talks to the public API only
+    path("label-studio/", include("labelstudio.urls")),  # Label Studio's ML backend protocol (docs/label-studio.md)
     path("", RedirectView.as_view(url="/studio/", permanent=False)),
 ]
 

@@ -180,6 +180,31 @@ def start_server(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
         stop_process_group(server.process)
 
 
+def serve(directory: Path, *, migrate: bool, ready_path: str, **env_overrides: str) -> LiveServer:
+    """`manage.py serve` (the README's server command) on free ports, once ``ready_path`` answers 200."""
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(metrics_port), **env_overrides,
+    }
+    log_path = directory / f"server-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", *([] if migrate else ["--no-migrate"])],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", process, log_path)
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process_group(process)
+            raise RuntimeError(f"the server did not become ready:\n{server.log()}")
+        try:
+            if requests.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+
+
 def wait_until_ready(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
     """Until ``url``/readyz answers 200; AssertionError with the log's end if the process exits or time runs out."""
     deadline = time.monotonic() + seconds

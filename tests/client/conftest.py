@@ -9,14 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.conftest import ROOT, LiveServer, Workers, free_port, launch_workers, stop_process_group
+from tests.conftest import LiveServer, Workers, launch_workers, serve, stop_process_group
 from tests.conftest import _test_database_url as test_database_url
 
 SAM3 = Path(sys.executable).with_name("sam3")  # the console script the package installs
@@ -25,31 +23,6 @@ SAM3 = Path(sys.executable).with_name("sam3")  # the console script the package 
 def static_keys() -> list[str]:
     """The keys of API_KEYS (pytest's env): each acts as its own user on any server of this run."""
     return json.loads(os.environ["API_KEYS"])
-
-
-def serve(directory: Path, *, migrate: bool, ready_path: str, **env_overrides: str) -> LiveServer:
-    """`manage.py serve` (the README's server command) on free ports, once ``ready_path`` answers 200."""
-    port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "METRICS_PORT": str(metrics_port), **env_overrides,
-    }
-    log_path = directory / f"server-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", *([] if migrate else ["--no-migrate"])],
-        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", process, log_path)
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(process)
-            raise RuntimeError(f"the server did not become ready:\n{server.log()}")
-        try:
-            if requests.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class LabelStudioConfig(AppConfig):
+    name = "labelstudio"
+    verbose_name = "Label Studio ML backend"
