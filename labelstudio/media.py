@@ -142,6 +142,8 @@ def _download(source: str, limit: int) -> tuple[Path, str]:
                 f"Label Studio refused to serve {redact(url)} (HTTP {response.status}): check LABEL_STUDIO_API_KEY.",
                 code="label_studio_refused",
             )
+        if response.status >= 500 and _origin(url) == label_studio:  # e.g. 1.23 answers 500 for an upload whose file is gone
+            raise LabelStudioUnavailable(f"Label Studio failed to serve {redact(url)} (HTTP {response.status}).", code="label_studio_error")
         if response.status >= 400:
             raise InvalidInput(f"The task's media {redact(url)} answered HTTP {response.status}.", code="task_media_unreachable")
         length = response.getheader("Content-Length")
