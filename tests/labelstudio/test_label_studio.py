@@ -7,7 +7,9 @@ answers for the same image and prompt: the same masks, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,18 @@ import pytest
 import requests
 from pycocotools import mask as coco_mask
 
+from labelstudio.rle import mask_to_rle
+from sam3site.errors import PayloadTooLarge
 from tests.conftest import mp4_bytes
-from tests.labelstudio.conftest import IMAGE_CONFIG, PHOTOS, VIDEO_CONFIG, Backend, LabelStudio, decode_with_label_studio
+from tests.labelstudio.label_studio import (
+    IMAGE_CONFIG,
+    LABEL_STUDIO_VENV,
+    PHOTOS,
+    VIDEO_CONFIG,
+    Backend,
+    LabelStudio,
+    decode_with_label_studio,
+)
 
 pytestmark = pytest.mark.slow
 CAT = PHOTOS / "chelsea.jpg"
@@ -195,3 +207,48 @@ def test_a_task_label_studio_cannot_serve_is_an_error_not_a_500(label_studio: La
     config = requests.post(f"{sam3_backend.url}/setup", auth=auth, json={"schema": text_only}, timeout=10)
     assert config.status_code == 400 and config.json()["error"]["code"] == "unsupported_label_config"
     assert " 500 " not in sam3_backend.server.log()
+
+
+def test_media_is_fetched_with_a_legacy_or_a_personal_access_token(label_studio: LabelStudio, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labelstudio.media in this process against the real Label Studio: both token kinds; a token it
+    refuses is a 502 that names the setting."""
+    from django.conf import settings
+
+    from labelstudio import media
+
+    project = label_studio.create_project("tokens", IMAGE_CONFIG)
+    [task] = label_studio.import_files(project, CAT)
+    monkeypatch.setattr(settings.CONFIG, "label_studio_url", label_studio.url)
+    personal = label_studio.api("POST", "/api/token/").json()["token"]  # a JWT refresh token
+    for token in (label_studio.token, personal):
+        monkeypatch.setattr(settings.CONFIG, "label_studio_api_key", token)
+        path, sha256 = media._download(media.absolute_media_url(task["data"]["image"]), limit=10 * 2**20)
+        assert path.read_bytes() == CAT.read_bytes() and sha256 == hashlib.sha256(CAT.read_bytes()).hexdigest()
+        path.unlink()
+    for token, code in [("0" * 40, "label_studio_refused"), (personal[:-4] + "AAAA", "label_studio_refused")]:
+        monkeypatch.setattr(settings.CONFIG, "label_studio_api_key", token)
+        with pytest.raises(media.LabelStudioUnavailable) as refused:
+            media._download(media.absolute_media_url(task["data"]["image"]), limit=10 * 2**20)
+        assert refused.value.code == code and refused.value.status_code == 502 and token not in refused.value.message
+    monkeypatch.setattr(settings.CONFIG, "label_studio_api_key", label_studio.token)
+    with pytest.raises(PayloadTooLarge):  # bounded by the owner's upload limit while it streams
+        media._download(media.absolute_media_url(task["data"]["image"]), limit=1000)
+
+
+def test_brush_rle_is_byte_for_byte_label_studios(label_studio: LabelStudio) -> None:
+    """labelstudio.rle against label_studio_sdk's mask2rle (run in Label Studio's environment)."""
+    rng = np.random.default_rng(7)
+    long_run = np.zeros((300, 400), np.uint8)
+    long_run[100:250, 30:390] = 1  # runs longer than 2**16 bytes, split as the SDK splits them
+    masks = [np.zeros((5, 7), np.uint8), np.ones((1, 1), np.uint8), (rng.random((61, 83)) > 0.5).astype(np.uint8), long_run]
+    ours = [mask_to_rle(mask) for mask in masks]
+    script = (
+        "import json, sys, numpy as np\n"
+        "from label_studio_sdk.converter.brush import mask2rle\n"
+        "print(json.dumps([mask2rle(np.array(m, dtype=np.uint8) * 255) for m in json.load(sys.stdin)]))\n"
+    )
+    done = subprocess.run(
+        [str(LABEL_STUDIO_VENV / "bin" / "python"), "-c", script], input=json.dumps([m.tolist() for m in masks]),
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    assert json.loads(done.stdout) == ours
