@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from tests.conftest import ROOT, LiveServer, free_port, serve, stop_process_group
+from tests.processes import ROOT, LiveServer, free_port, serve, stop_process_group
 
 LABEL_STUDIO_VENV = Path(os.environ.get("LABEL_STUDIO_VENV", ROOT / ".venv" / "label-studio"))
 PHOTOS = ROOT / "tests" / "checkpoints" / "images"
