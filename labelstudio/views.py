@@ -34,7 +34,6 @@ class LabelStudioView(APIView):
 class HealthView(LabelStudioView):
     permission_classes = [AllowAny]
     authentication_classes = []
-    throttle_classes: list[type] = []
 
     @extend_schema(tags=TAGS, responses={200: dict}, summary="Label Studio: is the backend up")
     def get(self, request: Request) -> Response:
