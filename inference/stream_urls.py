@@ -158,7 +158,9 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         )
 
 
-def _open(url: str, address: str | None, timeout: float, method: str, headers: dict[str, str], body: bytes | None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def _open(
+    url: str, address: str | None, timeout: float, method: str, headers: dict[str, str], body: bytes | None,
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """One http(s) request for ``url`` sent to ``address``; the caller reads the response and closes the connection."""
     parts = urlsplit(url)
     connection_type = _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
