@@ -14,7 +14,8 @@ the worker hands ffmpeg the final URL with ``max_redirects=0`` (ffmpeg >= 8 then
 redirect instead of following it). What is left to trust: DNS answering ffmpeg as it answered the
 check (ffmpeg resolves the name itself), and the segment URLs of an HLS playlist (fetched by
 ffmpeg, unchecked; network protocols only).
-Documented in docs/video-sessions.md ("Stream URLs").
+Documented in docs/video-sessions.md ("Stream URLs"). Label Studio task media from absolute URLs
+(labelstudio.media) are fetched through :func:`open_checked` under the same rules.
 
 Credentials in a URL (``rtsp://user:pass@camera/...``) are used, never shown: messages and logs
 carry :func:`redact`'s form, and text from libraries goes through :func:`scrub`.
