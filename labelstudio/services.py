@@ -92,6 +92,11 @@ def prompts_from_context(context: dict[str, Any] | None, width: int, height: int
     return prompts
 
 
+def _asks_nothing(context: Any) -> bool:
+    """No smart-tool regions: a batch ("Retrieve predictions", auto-annotation), answered by concept."""
+    return not (isinstance(context, dict) and context.get("result"))
+
+
 def _answer_controls(interface: LabelingInterface) -> list[Control]:
     """The controls predictions are written to: mask controls when the config has any (its
     rectangles and keypoints are then the prompt tools), otherwise its rectangles."""
@@ -143,7 +148,7 @@ async def predict_image(request_id: str, upload: Upload, interface: LabelingInte
         return out, _timing(answer)
     if asked.text:  # the annotator's free-text concept
         wanted = [(control, _label_for(control, asked.label, asked.text), asked.text) for control in controls]
-    elif context is None or not (isinstance(context, dict) and context.get("result")):  # pre-annotation: every label
+    elif _asks_nothing(context):  # pre-annotation: every label
         wanted = [(control, label.value, phrase) for control in controls for label in control.labels for phrase in label.phrases]
     else:  # a context with nothing we prompt with (e.g. only brush strokes)
         return [], _timing(None)
@@ -206,7 +211,7 @@ async def predict_video(owner: User, upload: Upload, interface: LabelingInterfac
     prompts: list[tuple[dict[str, Any], str | None]]
     if asked.box is not None:
         prompts = [({"frame": asked.frame, "box": asked.box}, asked.label)]
-    elif context is None or not (isinstance(context, dict) and context.get("result")):
+    elif _asks_nothing(context):
         prompts = [({"frame": 0, "text": phrase}, label.value) for label in labels for phrase in label.phrases]
     else:
         return [], Timing()
