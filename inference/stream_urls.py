@@ -179,17 +179,19 @@ def _open(
 
 
 def open_checked(
-    url: str, allowlist: list[str], *, timeout: float = CHECK_TIMEOUT_SECONDS, method: str = "GET", body: bytes | None = None,
+    url: str, allowlist: list[str] | Callable[[str], list[str]], *, timeout: float = CHECK_TIMEOUT_SECONDS,
+    method: str = "GET", body: bytes | None = None,
     headers_for: Callable[[str], dict[str, str]] = lambda url: {}, what: str = "stream URL", code: str = "stream_url_unreachable",
 ) -> tuple[str, http.client.HTTPConnection, http.client.HTTPResponse]:
     """The final URL an http(s) ``url`` leads to, with the open connection and response (any status
     but a redirect): every hop checked before it is contacted, and sent to the addresses checked.
-    ``headers_for(hop_url)``: the headers of each hop (credentials only for the origin they are meant for).
+    ``headers_for(hop_url)``: the headers of each hop (credentials only for the origin they are meant for);
+    ``allowlist`` may likewise be a function of the hop's URL (a host trusted on one port only).
 
     Raises StreamUrlRefused for a hop to a refused host, InvalidInput(``code``) when the server cannot
     be asked or redirects too often. The caller closes the connection."""
     for _ in range(MAX_REDIRECTS + 1):
-        addresses = _checked_addresses(url, allowlist)
+        addresses = _checked_addresses(url, allowlist(url) if callable(allowlist) else allowlist)
         try:
             connection, response = _open(url, addresses[0] if addresses else None, timeout, method, headers_for(url), body)
         except (OSError, http.client.HTTPException) as error:  # refused, timed out, TLS, not HTTP...

@@ -1,8 +1,8 @@
 """A task's image or video, fetched from Label Studio (or a public URL) and kept as an Upload.
 
 Relative task URLs (``/data/upload/3/ab12-photo.jpg``, ``/tasks/7/presign/?fileuri=...``) are
-Label Studio's own: fetched from LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, whose host is trusted
-by name. Absolute URLs pass the stream URLs' SSRF guard (inference.stream_urls: public addresses
+Label Studio's own: fetched from LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, whose origin (scheme,
+host, port) is trusted by name. Absolute URLs pass the stream URLs' SSRF guard (inference.stream_urls: public addresses
 only unless STREAM_URL_ALLOWLIST names them, every redirect checked); the token goes only to
 Label Studio's own origin. A file is checked as an upload is (uploads.probing) and kept as an
 Upload of the key's owner; a FetchedMedia row maps its URL to it, so a later click on the same
@@ -42,9 +42,10 @@ class LabelStudioUnavailable(ApiError):
     status_code, code, message = 502, "label_studio_unavailable", "Label Studio could not be reached."
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
 class _PersonalAccessToken:
@@ -123,7 +124,10 @@ def _download(source: str, limit: int) -> tuple[Path, str]:
     """``source`` written under UPLOAD_DIR/.incoming (at most ``limit`` bytes), with its sha256."""
     base = settings.CONFIG.label_studio_url
     label_studio = _origin(base) if base else None
-    allowlist = [*settings.CONFIG.stream_url_allowlist, *([urlsplit(base).hostname or ""] if base else [])]
+
+    def allowlist(url: str) -> list[str]:  # Label Studio's host is trusted on its own origin only, not on its other ports
+        trusted = [urlsplit(url).hostname or ""] if base and _origin(url) == label_studio else []
+        return [*settings.CONFIG.stream_url_allowlist, *trusted]
 
     def headers_for(url: str) -> dict[str, str]:  # the token only for Label Studio's own origin
         return _label_studio_headers(base) if base and _origin(url) == label_studio else {}

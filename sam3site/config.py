@@ -183,7 +183,8 @@ class Config(BaseSettings):
         None, pattern=r"^https?://[^/?#]+/?$",
         description="Base URL of the Label Studio instance whose tasks the ML backend (/label-studio/) segments, e.g. "
         "http://label-studio:8080. Task URLs such as /data/upload/... are fetched from it with LABEL_STUDIO_API_KEY; "
-        "its host is trusted by name (it may be on the LAN). Unset: only absolute public media URLs can be fetched.",
+        "its origin (scheme, host and port) is trusted by name (it may be on the LAN). Unset: only absolute public media "
+        "URLs can be fetched.",
     )
     label_studio_api_key: str | None = Field(
         None, min_length=1,

@@ -19,9 +19,10 @@ import pytest
 import requests
 from pycocotools import mask as coco_mask
 
+from inference.stream_urls import StreamUrlRefused
 from labelstudio.rle import mask_to_rle
 from sam3site.errors import PayloadTooLarge
-from tests.conftest import mp4_bytes
+from tests.conftest import free_port, mp4_bytes
 from tests.labelstudio.label_studio import (
     IMAGE_CONFIG,
     LABEL_STUDIO_VENV,
@@ -231,6 +232,9 @@ def test_media_is_fetched_with_a_legacy_or_a_personal_access_token(label_studio:
             media._download(media.absolute_media_url(task["data"]["image"]), limit=10 * 2**20)
         assert refused.value.code == code and refused.value.status_code == 502 and token not in refused.value.message
     monkeypatch.setattr(settings.CONFIG, "label_studio_api_key", label_studio.token)
+    other_port = f"http://127.0.0.1:{free_port()}/"  # Label Studio's host, another service on it: not trusted
+    with pytest.raises(StreamUrlRefused):
+        media._download(media.absolute_media_url(other_port), limit=10 * 2**20)
     with pytest.raises(PayloadTooLarge):  # bounded by the owner's upload limit while it streams
         media._download(media.absolute_media_url(task["data"]["image"]), limit=1000)
 
