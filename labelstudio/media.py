@@ -125,28 +125,29 @@ def _download(source: str, limit: int) -> tuple[Path, str]:
     base = settings.CONFIG.label_studio_url
     label_studio = _origin(base) if base else None
 
-    def allowlist(url: str) -> list[str]:  # Label Studio's host is trusted on its own origin only, not on its other ports
-        trusted = [urlsplit(url).hostname or ""] if base and _origin(url) == label_studio else []
-        return [*settings.CONFIG.stream_url_allowlist, *trusted]
+    def from_label_studio(url: str) -> bool:  # its origin, not its host's other ports
+        return label_studio is not None and _origin(url) == label_studio
+
+    def allowlist(url: str) -> list[str]:
+        return [*settings.CONFIG.stream_url_allowlist, *([urlsplit(url).hostname or ""] if from_label_studio(url) else [])]
 
     def headers_for(url: str) -> dict[str, str]:  # the token only for Label Studio's own origin
-        return _label_studio_headers(base) if base and _origin(url) == label_studio else {}
+        return _label_studio_headers(base) if base and from_label_studio(url) else {}
 
-    from_label_studio = label_studio is not None and _origin(source) == label_studio
     url, connection, response = open_checked(
         source, allowlist, headers_for=headers_for, timeout=settings.CONFIG.label_studio_fetch_timeout_seconds,
-        what="task's media URL", code="label_studio_unavailable" if from_label_studio else "task_media_unreachable",
+        what="task's media URL", code="label_studio_unavailable" if from_label_studio(source) else "task_media_unreachable",
     )
     path = Path(settings.FILE_UPLOAD_TEMP_DIR) / f"label-studio-{uuid.uuid4().hex}"
     try:
         if response.status == 404:
             raise NotFound(f"The task's media {redact(url)} was not found (HTTP 404).", code="task_media_not_found")
-        if response.status in (401, 403) and _origin(url) == label_studio:
+        if response.status in (401, 403) and from_label_studio(url):
             raise LabelStudioUnavailable(
                 f"Label Studio refused to serve {redact(url)} (HTTP {response.status}): check LABEL_STUDIO_API_KEY.",
                 code="label_studio_refused",
             )
-        if response.status >= 500 and _origin(url) == label_studio:  # e.g. 1.23 answers 500 for an upload whose file is gone
+        if response.status >= 500 and from_label_studio(url):  # e.g. 1.23 answers 500 for an upload whose file is gone
             raise LabelStudioUnavailable(f"Label Studio failed to serve {redact(url)} (HTTP {response.status}).", code="label_studio_error")
         if response.status >= 400:
             raise InvalidInput(f"The task's media {redact(url)} answered HTTP {response.status}.", code="task_media_unreachable")
