@@ -29,8 +29,10 @@ def decode_coco_rle(rle: dict[str, Any]) -> np.ndarray:
 def _region(control: Control, kind: str, value: dict[str, Any], width: int, height: int, score: float | None) -> dict[str, Any]:
     region: dict[str, Any] = {
         "id": secrets.token_urlsafe(6), "from_name": control.name, "to_name": control.to_name, "type": kind,
-        "original_width": width, "original_height": height, "image_rotation": 0, "value": value,
+        "original_width": width, "original_height": height, "value": value,
     }
+    if kind != "videorectangle":  # image regions say how the image was shown
+        region["image_rotation"] = 0
     if score is not None:
         region["score"] = round(float(score), 4)
     return region
@@ -98,6 +100,4 @@ def video_rectangle(
     value: dict[str, Any] = {"sequence": sequence, "framesCount": frame_count, "duration": round(frame_count / fps, 6) if fps else 0}
     if label is not None:
         value["labels"] = [label]
-    region = _region(control, "videorectangle", value, width, height, score)
-    del region["image_rotation"]
-    return region
+    return _region(control, "videorectangle", value, width, height, score)

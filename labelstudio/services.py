@@ -159,9 +159,9 @@ async def predict_image(request_id: str, upload: Upload, interface: LabelingInte
         chunk = phrases[start : start + MAX_PROMPTS]
         result = await _run_image(request_id, upload, [{"text": phrase} for phrase in chunk])
         found.update({phrase: answer["instances"] for phrase, answer in zip(chunk, result["results"], strict=True)})
-    for control, label, phrase in wanted:
-        for instance in found[phrase]:
-            mask = regions.decode_coco_rle(instance["mask"])
+    masks = {phrase: [regions.decode_coco_rle(instance["mask"]) for instance in instances] for phrase, instances in found.items()}
+    for control, label, phrase in wanted:  # a phrase answered for several controls or labels is decoded once
+        for instance, mask in zip(found[phrase], masks[phrase], strict=True):
             out += regions.mask_regions(control, label, mask, instance["box"], instance["score"])
     return out, _timing(result)
 
