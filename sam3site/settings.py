@@ -120,7 +120,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(CONFIG.data_dir / "db.sqlite3"),
-            "OPTIONS": {"timeout": 20},
+            # Every transaction takes the write lock when it begins (waiting up to the timeout): in
+            # SQLite's default deferred mode, a transaction that reads and then writes fails at once
+            # with "database is locked" when another connection writes meanwhile (the session
+            # writer beside web requests). WAL lets readers go on while one connection writes.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL"},
         }
     }
 # Prometheus database metrics

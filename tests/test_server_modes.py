@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,57 @@ def test_embedded_default_serves_without_postgres_or_redis(start_server, tmp_pat
     assert requests.get(f"{server.url}/admin/login/", timeout=10).status_code == 200
     static = requests.get(f"{server.url}/static/admin/css/base.css", timeout=10)
     assert static.status_code == 200 and "text/css" in static.headers["Content-Type"]
+
+
+# In the embedded server, the session writer stores frames (read the session row, then index the
+# file, in one transaction) while web requests write the same row. Run in a process of its own on
+# the embedded default's SQLite database, as `manage.py serve` has it.
+CONCURRENT_WRITERS = """
+import json, threading
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from sessions import services
+from sessions.models import FrameResult, VideoSession
+
+call_command("migrate", verbosity=0)
+owner = get_user_model().objects.create(username="writer")
+session_id = str(VideoSession.objects.create(owner=owner, kind="live", status="ready", frame_count=0, width=64, height=48).pk)
+failures, stored = [], threading.Event()
+
+def store_frames():
+    for frame in range(150):
+        try:
+            services.frame_result_store(session_id=session_id, epoch=1, payload={"frame": frame, "objects": []})
+        except Exception as failure:
+            failures.append(repr(failure))
+    stored.set()
+
+def web_requests():
+    while not stored.is_set():
+        try:
+            services.propagation_update(session_id=session_id, epoch=1, frames_done=1)
+            services.session_touch(session_id=session_id)
+        except Exception as failure:
+            failures.append(repr(failure))
+
+threads = [threading.Thread(target=store_frames), threading.Thread(target=web_requests)]
+[thread.start() for thread in threads]
+[thread.join() for thread in threads]
+print(json.dumps({"frames": FrameResult.objects.filter(session_id=session_id).count(), "failures": failures[:3]}))
+"""
+
+
+def test_embedded_database_orders_concurrent_writers_instead_of_losing_a_frame(tmp_path: Path) -> None:
+    embedded = {"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path / "var"), "OUTPUT_DIR": str(tmp_path / "outputs"),
+                "DJANGO_SECRET_KEY": "", "DJANGO_SETTINGS_MODULE": "sam3site.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_WRITERS], cwd=ROOT, env={**os.environ, **embedded}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome == {"frames": 150, "failures": []}  # SQLite's deferred transactions failed with "database is locked"
 
 
 def test_a_deployment_refuses_to_start_with_the_guides_example_keys(tmp_path: Path) -> None:
