@@ -114,6 +114,9 @@ if CONFIG.database_url:
                 "-c lock_timeout=2s -c idle_in_transaction_session_timeout=5s"
                 " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
             )
+            # A pooled connection the server dropped (restart, failover) is found out when it is
+            # taken (psycopg_pool's check), not by a frame write that would then have to be tried again.
+            DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
     DATABASES = {
