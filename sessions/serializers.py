@@ -147,6 +147,7 @@ class PropagationSerializer(serializers.Serializer):
     )
     frames_done = serializers.IntegerField()
     last_frame = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(required=False, help_text="Why a `failed` propagation failed.")
     legs = PropagationLegSerializer(many=True, required=False, help_text="The passes over the video, in order.")
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)

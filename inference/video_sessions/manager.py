@@ -290,6 +290,7 @@ class SessionManager:
         epoch = self.epochs[session_id]
         done, last_frame = 0, None
         state, error = "done", ""
+        unstored: list[int] = []  # frames whose result the writer could not store (filled on its thread)
         self._write(session_id, epoch, lambda store: store.publish(session_id, StatusEvent(PROPAGATING).to_message(), epoch=epoch))
         try:
             while True:
@@ -306,13 +307,13 @@ class SessionManager:
                 payload = frame_payload(item.frame, item.instances)
                 done, last_frame = done + 1, item.frame
                 progress_at = done if done % PROGRESS_EVERY_FRAMES == 0 else None
-                self._write(session_id, epoch, _frame_writer(session_id, epoch, payload, progress_at))
+                self._write(session_id, epoch, _frame_writer(session_id, epoch, payload, progress_at, unstored))
                 yield
         except Exception as failure:  # noqa: BLE001 - reported to the client, the worker goes on
             logger.exception("Propagation of session {} failed", session_id)
             state, error = "failed", f"{type(failure).__name__}: {failure}"
         finally:
-            self._write(session_id, epoch, _end_writer(session_id, epoch, state, error, done, last_frame))
+            self._write(session_id, epoch, _end_writer(session_id, epoch, state, error, done, last_frame, unstored))
 
     # --- lifetime: recovery of orphaned sessions, sweeping ---
 
@@ -430,9 +431,18 @@ class SessionManager:
                 close_old_connections()
 
 
-def _frame_writer(session_id: str, epoch: int, payload: dict[str, Any], progress_at: int | None) -> Callable[[SessionStore], None]:
+def _frame_writer(
+    session_id: str, epoch: int, payload: dict[str, Any], progress_at: int | None, unstored: list[int]
+) -> Callable[[SessionStore], None]:
     def write(store: SessionStore) -> None:
-        if not store.frame_result_store(session_id=session_id, epoch=epoch, payload=payload):
+        try:
+            stored = store.frame_result_store(session_id=session_id, epoch=epoch, payload=payload)
+        except SessionFenced:
+            raise
+        except Exception:
+            unstored.append(payload["frame"])  # the propagation then ends failed, naming it
+            raise
+        if not stored:
             return  # the session ended meanwhile: its frames are no longer wanted
         store.publish(session_id, FrameEvent(payload["frame"], payload["objects"]).to_message(), epoch=epoch)
         if progress_at is not None:
@@ -442,16 +452,25 @@ def _frame_writer(session_id: str, epoch: int, payload: dict[str, Any], progress
     return write
 
 
-def _end_writer(session_id: str, epoch: int, state: str, error: str, done: int, last_frame: int | None) -> Callable[[SessionStore], None]:
+def _end_writer(
+    session_id: str, epoch: int, state: str, error: str, done: int, last_frame: int | None, unstored: list[int]
+) -> Callable[[SessionStore], None]:
     def write(store: SessionStore) -> None:
+        ended, reason = state, error
+        if unstored and state == "done":  # computed but not all kept: the client must not take it for complete
+            ended = "failed"
+            reason = (
+                f"The results of {len(unstored)} frame(s) could not be stored (the first: frame {unstored[0]}; the worker's "
+                "log says why): propagate again."
+            )
         store.propagation_update(
-            session_id=session_id, epoch=epoch, state=state, frames_done=done, last_frame=last_frame,
-            finished_at=timezone.now().isoformat(), **({"error": error} if error else {}),
+            session_id=session_id, epoch=epoch, state=ended, frames_done=done, last_frame=last_frame,
+            finished_at=timezone.now().isoformat(), **({"error": reason} if reason else {}),
         )
         # Only a propagating session becomes ready again: a session closed meanwhile stays closed.
         ready = store.set_status(session_id=session_id, status=READY, from_statuses=[PROPAGATING], epoch=epoch)
-        outcome: Literal["done", "cancelled", "error"] = "done" if state == "done" else ("cancelled" if state == "cancelled" else "error")
-        store.publish(session_id, PropagationEnded(outcome, done, error or None).to_message(), epoch=epoch)
+        outcome: Literal["done", "cancelled", "error"] = "done" if ended == "done" else ("cancelled" if ended == "cancelled" else "error")
+        store.publish(session_id, PropagationEnded(outcome, done, reason or None).to_message(), epoch=epoch)
         if ready:
             store.publish(session_id, StatusEvent(READY).to_message(), epoch=epoch)
 
